@@ -1,0 +1,107 @@
+"""The family adapter: the only place that knows how one transformers MLM class is laid out.
+
+Each supported family (LLaVA-OneVision, Qwen2.5-VL, LLaVA-NeXT) has one adapter subclass in its own file and
+one line in `registry.py`. Everything else in vkvtrain asks the adapter, never the model, where things live.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vkvtrain.errors import PromptError
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of the last dimension: (x1, x2) -> (-x2, x1)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+class FamilyAdapter(ABC):
+    """What vkvtrain needs to know about one MLM family.
+
+    Class attributes:
+        family: short name used in `tiny://<family>` and in reports.
+        model_type: the `config.model_type` this adapter serves.
+        image_placeholder: the text that marks one image in a rendered chat prompt (before expansion).
+        turn_end: the text that closes an assistant turn (appended after a training answer).
+    """
+
+    family: ClassVar[str]
+    model_type: ClassVar[str]
+    model_class_name: ClassVar[str]
+    image_placeholder: ClassVar[str]
+    turn_end: ClassVar[str]
+
+    # --- model layout -------------------------------------------------------------------------
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The LM decoder layers, resolved at run time (also under peft wrappers)."""
+        return unwrap_model(model).model.language_model.layers
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return unwrap_model(model).model.language_model
+
+    def text_config(self, model: nn.Module) -> Any:
+        return unwrap_model(model).config.get_text_config()
+
+    def image_token_id(self, model: nn.Module) -> int:
+        config = unwrap_model(model).config
+        token_id = getattr(config, "image_token_id", None)
+        if token_id is None:
+            token_id = getattr(config, "image_token_index")
+        return int(token_id)
+
+    @abstractmethod
+    def projector(self, model: nn.Module) -> nn.Module:
+        """The module whose output are the image features scattered into the LM input embeddings."""
+
+    # --- image spans and grids ----------------------------------------------------------------
+    @abstractmethod
+    def image_grids(self, model: nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
+        """Base-resolution grid shape (H, W) of every image in the batch, in batch-then-image order."""
+
+    def check_span_length(self, length: int, grid: tuple[int, int], where: str) -> None:
+        """Raise when an image span is too short to hold its base grid (the first H*W tokens)."""
+        if length < grid[0] * grid[1]:
+            raise PromptError(
+                f"{where}: image span has {length} tokens but its {grid[0]}x{grid[1]} grid needs "
+                f"{grid[0] * grid[1]}; the processor and model config disagree about the image size."
+            )
+
+    # --- vision tower features (baseline) -----------------------------------------------------
+    @abstractmethod
+    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
+        """Register a hook that appends, per image in batch order, the pre-projector patch features of its
+        base grid, shape (H*W, D_vision), to `sink`. Returns the hook handle."""
+
+    # --- rotary ------------------------------------------------------------------------------
+    @staticmethod
+    def apply_rotary(keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate pre-RoPE keys exactly as the attention module does.
+
+        Args:
+            keys: (N, n_kv_heads, head_dim) pre-RoPE keys.
+            cos, sin: (N, head_dim) the layer's rotary tables at the same token positions. For Qwen2.5-VL
+                these are already the M-RoPE tables (transformers recomposes the 3 sections before the layers).
+        Returns:
+            (N, n_kv_heads, head_dim) post-RoPE keys, equal to what the KV cache holds.
+        """
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return (keys * cos) + (rotate_half(keys) * sin)
+
+    # --- prompts -----------------------------------------------------------------------------
+    def messages(self, n_images: int, text: str) -> list[dict[str, Any]]:
+        """One user turn: the images first, then the text (the family's own template decides the layout)."""
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+        content.append({"type": "text", "text": text})
+        return [{"role": "user", "content": content}]

@@ -1,0 +1,168 @@
+"""`load_mlm`: one call from a hub id, a local HF folder or `tiny://<family>` to a ready `MLM`."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import nn
+from transformers import AutoConfig, PretrainedConfig
+
+from vkvtrain.errors import ModelLoadError, UnsupportedModelError
+from vkvtrain.models.base import FamilyAdapter
+from vkvtrain.models.registry import adapter_for
+from vkvtrain.models.tiny import TINY_SCHEME, ensure_tiny, parse_tiny
+
+if TYPE_CHECKING:
+    from vkvtrain.capture import KVCapture
+    from vkvtrain.prompts import EncodedBatch, Prompt
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class MLM:
+    """A loaded multimodal LM: the transformers model, its processor and its family adapter.
+
+    `model` may be replaced by a peft wrapper (LoRA); everything here resolves layers through the adapter at
+    call time, so it keeps working.
+    """
+
+    model: nn.Module
+    processor: Any
+    adapter: FamilyAdapter
+    name: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def text_config(self) -> PretrainedConfig:
+        return self.adapter.text_config(self.model)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.text_config.num_hidden_layers)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(self.text_config.num_key_value_heads)
+
+    @property
+    def head_dim(self) -> int:
+        config = self.text_config
+        return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.text_config.hidden_size)
+
+    @property
+    def image_token_id(self) -> int:
+        return self.adapter.image_token_id(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.adapter.decoder_layers(self.model)
+
+    def encode(self, prompts: Sequence[Prompt], max_length: int | None = None) -> EncodedBatch:
+        """Tokenize prompts with images into one left-padded batch (see `vkvtrain.prompts.encode`)."""
+        from vkvtrain.prompts import encode
+
+        return encode(self, prompts, max_length=max_length)
+
+    def capture(self, layers: Sequence[int] | None = None, **options: Any) -> contextlib.AbstractContextManager[KVCapture]:
+        """Record image keys/values of the next forward (see `vkvtrain.capture.capture`)."""
+        from vkvtrain.capture import capture
+
+        return capture(self, layers, **options)
+
+
+def _resolve_source(name_or_path: str) -> tuple[str, bool]:
+    """(path or hub id to load from, whether it is a tiny checkpoint)."""
+    if name_or_path.startswith(TINY_SCHEME):
+        family, size = parse_tiny(name_or_path)
+        from vkvtrain.models.registry import FAMILIES
+
+        if family not in FAMILIES:
+            raise UnsupportedModelError(
+                f"unknown tiny checkpoint {name_or_path!r}; supported: "
+                + ", ".join(f"{TINY_SCHEME}{f}" for f in FAMILIES)
+            )
+        return str(ensure_tiny(family, size)), True
+    return name_or_path, False
+
+
+def load_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The config of a model, or a `ModelLoadError` that says where vkvtrain looked and what to do."""
+    source, _ = _resolve_source(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"cannot load a model config from {name_or_path!r}: {str(error).splitlines()[0]} "
+            "Give a local folder written by save_pretrained, a hub id reachable from this machine (unset "
+            "HF_HUB_OFFLINE), or tiny://llava_onevision | tiny://qwen2_5_vl | tiny://llava_next."
+        ) from error
+
+
+def load_mlm(
+    name_or_path: str,
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    quantization: Any = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> MLM:
+    """Load a supported MLM and its processor.
+
+    Args:
+        name_or_path: hub id (e.g. "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"), a local folder written by
+            `save_pretrained`, or "tiny://llava_onevision" / "tiny://qwen2_5_vl" / "tiny://llava_next"
+            (append "@mid" for the ~30M-parameter benchmark size).
+        dtype: "bfloat16", "float16", "float32" or a torch dtype; None keeps float32.
+        attn_implementation: "eager", "sdpa" or "flash_attention_2"; None lets transformers choose.
+        device_map: passed to `from_pretrained` (e.g. "auto", "cuda:0").
+        quantization: a `transformers.BitsAndBytesConfig` (see `vkvtrain.interventions.quantization`) or None.
+        revision: hub revision (branch, tag or commit) to pin.
+        trust_remote_code: off by default; only the stock transformers classes are supported anyway.
+    Returns:
+        An `MLM` with the model in eval mode.
+    """
+    source, _ = _resolve_source(name_or_path)
+    config = load_config(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    adapter = adapter_for(config.model_type, source=name_or_path)
+    import transformers
+
+    model_class = getattr(transformers, adapter.model_class_name)
+    kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    model = model_class.from_pretrained(source, **kwargs)
+    processor = adapter.processor_class.from_pretrained(source, revision=revision)
+    processor.tokenizer.padding_side = "left"
+    model.eval()
+    return MLM(model=model, processor=processor, adapter=adapter, name=name_or_path)

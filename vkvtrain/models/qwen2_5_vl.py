@@ -1,0 +1,64 @@
+"""Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`): windowed ViT + 2x2 patch merger + Qwen2.5 LM.
+
+Image span layout: one token per merged 2x2 patch block, row-major over (t, h/2, w/2) of `image_grid_thw`
+(the vision model undoes its window permutation after the merger). Still images have t = 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers.vision_utils import get_vision_window_index
+
+from vkvtrain.errors import PromptError
+from vkvtrain.models.base import FamilyAdapter, unwrap_model
+from vkvtrain.models.processors import ImageOnlyQwen2_5_VLProcessor
+
+
+class Qwen2_5_VLAdapter(FamilyAdapter):
+    family: ClassVar[str] = "qwen2_5_vl"
+    model_type: ClassVar[str] = "qwen2_5_vl"
+    model_class_name: ClassVar[str] = "Qwen2_5_VLForConditionalGeneration"
+    processor_class = ImageOnlyQwen2_5_VLProcessor
+    image_placeholder: ClassVar[str] = "<|vision_start|>"
+    turn_end: ClassVar[str] = "<|im_end|>"
+
+    def projector(self, model: nn.Module) -> nn.Module:
+        return unwrap_model(model).model.visual.merger
+
+    def merge_size(self, model: nn.Module) -> int:
+        return int(unwrap_model(model).config.vision_config.spatial_merge_size)
+
+    def image_grids(self, model: nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
+        grid_thw = inputs.get("image_grid_thw")
+        if grid_thw is None or len(grid_thw) != n_images:
+            raise PromptError(
+                f"Qwen2.5-VL inputs carry {0 if grid_thw is None else len(grid_thw)} image_grid_thw rows for "
+                f"{n_images} image spans; pass the processor's image_grid_thw through unchanged."
+            )
+        merge = self.merge_size(model)
+        grids = []
+        for t, h, w in grid_thw.tolist():
+            if t != 1:
+                raise PromptError(f"Qwen2.5-VL image with temporal grid {t}: vkvtrain reads still images only (t=1).")
+            grids.append((h // merge, w // merge))
+        return grids
+
+    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
+        visual = unwrap_model(model).model.visual
+        merge = self.merge_size(model)
+
+        def grab(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+            window_index, _ = get_vision_window_index(
+                grid_thw, spatial_merge_size=merge, window_size=module.window_size, patch_size=module.patch_size
+            )
+            patches = output.last_hidden_state  # (n_patches, D_vision) in window order
+            units = patches.reshape(-1, merge * merge * patches.shape[-1])  # one row per merged 2x2 block
+            units = units[torch.argsort(window_index)]  # back to row-major (t, h/2, w/2) order
+            sizes = (grid_thw.prod(-1) // (merge * merge)).tolist()
+            sink.extend(units.split(sizes))
+
+        return visual.register_forward_hook(grab, with_kwargs=True)
