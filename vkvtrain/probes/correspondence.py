@@ -73,9 +73,10 @@ class TemporalCorrespondence(LayerwiseMetric):
     plot_keys = ("j", "f", "jf")
 
     def __init__(self, num_layers: int, n_context: int = 7, topk: int = 5, temperature: float = 0.07,
-                 bound_th: float = 0.008, skip_last: bool = True, layer_names: Sequence[str] | None = None,
-                 **kwargs: Any) -> None:
+                 bound_th: float = 0.008, skip_last: bool = True, upsample: PF.Upsample = "bilinear",
+                 layer_names: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(num_layers, layer_names, **kwargs)
+        self.upsample = upsample
         self.n_context, self.topk, self.temperature = n_context, topk, temperature
         self.bound_th, self.skip_last = bound_th, skip_last
         self.add_state("j_sum", torch.zeros(num_layers, dtype=torch.float64), dist_reduce_fx="sum")
@@ -104,7 +105,7 @@ class TemporalCorrespondence(LayerwiseMetric):
             for o in obj_ids:
                 js, fs = [], []
                 for t in frames:
-                    pred = (PF.upsample_scores(probs[t], size).argmax(0) == o).cpu()
+                    pred = (PF.upsample_scores(probs[t], size, self.upsample).argmax(0) == o).cpu()
                     gt = masks[t] == o
                     js.append(PF.davis_j(pred, gt))
                     fs.append(PF.davis_f(pred, gt, self.bound_th))

@@ -3,9 +3,10 @@
 Every function works on torch tensors on any device and keeps no state. Conventions used throughout:
 
 * a token grid of features is ``(h, w, D)``; a mask is ``(H, W)`` bool at image resolution;
-* token -> pixel: token scores in ``[0, 1]`` (or per-class probabilities) are upsampled with bilinear
-  interpolation (``align_corners=False``) to the mask size, then thresholded at 0.5 (binary tasks) or
-  arg-maxed (multi-label tasks). :func:`upsample_scores` is the only place this happens;
+* token -> pixel: token scores in ``[0, 1]`` (or per-class probabilities) are upsampled to the mask size
+  with bilinear interpolation (``align_corners=False``; ``"nearest"`` on request), then thresholded at
+  0.5 (binary tasks) or arg-maxed (multi-label tasks). :func:`upsample_scores` is the only place this
+  happens;
 * pixel -> token: a mask is area-averaged onto the grid (:func:`downsample_mask`), giving for every token
   the fraction of its pixels that are foreground; a token is foreground when that fraction is >= 0.5.
 """
@@ -63,19 +64,30 @@ def downsample_mask(mask: Tensor, grid: tuple[int, int]) -> Tensor:
     return out[0] if squeeze else out
 
 
-def upsample_scores(scores: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly upsample token scores ``(h, w)`` or ``(C, h, w)`` to ``size=(H, W)`` (align_corners=False)."""
+Upsample = Literal["bilinear", "nearest"]
+
+
+def upsample_scores(scores: Tensor, size: tuple[int, int], mode: Upsample = "bilinear") -> Tensor:
+    """Upsample token scores ``(h, w)`` or ``(C, h, w)`` to ``size=(H, W)``.
+
+    ``mode="bilinear"`` (default, ``align_corners=False``) smooths token borders (the corners of a
+    token-aligned box are rounded off); ``"nearest"`` replicates each token over its pixels exactly.
+    """
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"upsample mode must be 'bilinear' or 'nearest', got {mode!r}")
     x = scores.float()
     squeeze = x.dim() == 2
     if squeeze:
         x = x[None]
-    out = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    out = F.interpolate(x[None], size=size, mode=mode, **kw)[0]
     return out[0] if squeeze else out
 
 
-def scores_to_mask(scores: Tensor, size: tuple[int, int], threshold: float = 0.5) -> Tensor:
-    """Token scores ``(h, w)`` in ``[0, 1]`` -> ``(H, W)`` bool mask (bilinear upsampling, then ``>= threshold``)."""
-    return upsample_scores(scores, size) >= threshold
+def scores_to_mask(scores: Tensor, size: tuple[int, int], threshold: float = 0.5,
+                   mode: Upsample = "bilinear") -> Tensor:
+    """Token scores ``(h, w)`` in ``[0, 1]`` -> ``(H, W)`` bool mask (upsampling, then ``>= threshold``)."""
+    return upsample_scores(scores, size, mode) >= threshold
 
 
 def segmentation_stats(pred: Tensor, target: Tensor, ignore: Tensor | None = None) -> Tensor:
@@ -160,6 +172,7 @@ def fewshot_segment(
     support_ignore: Sequence[Tensor | None] | None = None,
     c: float = 10.0,
     balanced: bool = True,
+    mode: Upsample = "bilinear",
 ) -> Tensor:
     """k-shot foreground segmentation with a linear classifier on tokens.
 
@@ -193,12 +206,33 @@ def fewshot_segment(
     w, b = fit_logistic_regression(torch.cat(xs), torch.cat(ys), c=c, balanced=balanced)
     q = _l2n(query_feats)
     prob = torch.sigmoid(q @ w + b)  # (h, w)
-    return scores_to_mask(prob, out_size)
+    return scores_to_mask(prob, out_size, mode=mode)
 
 
 # ----------------------------------------------------------------------------------- co-segmentation
-def kmeans(x: Tensor, k: int, n_iter: int = 100, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Deterministic k-means (Lloyd) with k-means++ seeding from a seeded generator.
+def _kmeans_pp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """Greedy k-means++ seeding (as scikit-learn: ``2 + log k`` candidates per centre, keep the best)."""
+    n = x.shape[0]
+    trials = 2 + int(math.log(k))
+    centers = [x[int(torch.randint(n, (1,), generator=gen))]]
+    d2 = (x - centers[0]).pow(2).sum(-1)
+    for _ in range(1, k):
+        total = d2.sum()
+        if total <= 0:
+            cand = torch.randint(n, (trials,), generator=gen)
+        else:
+            cand = torch.multinomial((d2 / total).cpu(), trials, replacement=True, generator=gen)
+        cand_d2 = torch.minimum(d2[None], torch.cdist(x[cand.to(x.device)], x).pow(2))  # (trials, n)
+        best = int(cand_d2.sum(1).argmin())
+        centers.append(x[int(cand[best])])
+        d2 = cand_d2[best]
+    return torch.stack(centers)
+
+
+def kmeans(x: Tensor, k: int, n_iter: int = 100, seed: int = 0, n_init: int = 3) -> tuple[Tensor, Tensor]:
+    """Deterministic k-means (Lloyd) with greedy k-means++ seeding from a seeded CPU generator.
+
+    ``n_init`` seedings are run; the one with the lowest inertia (sum of squared distances) wins.
 
     Args:
         x: ``(n, D)``. k: number of clusters (<= n).
@@ -212,31 +246,26 @@ def kmeans(x: Tensor, k: int, n_iter: int = 100, seed: int = 0) -> tuple[Tensor,
         raise ValueError(f"kmeans needs 1 <= k <= n, got k={k}, n={n}")
     x = x.float()
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    first = int(torch.randint(n, (1,), generator=gen))
-    centers = [x[first]]
-    d2 = (x - x[first]).pow(2).sum(-1)
-    for _ in range(1, k):
-        total = d2.sum()
-        if total <= 0:
-            idx = int(torch.randint(n, (1,), generator=gen))
-        else:
-            idx = int(torch.multinomial((d2 / total).cpu(), 1, generator=gen))
-        centers.append(x[idx])
-        d2 = torch.minimum(d2, (x - x[idx]).pow(2).sum(-1))
-    cent = torch.stack(centers)
-    labels = torch.cdist(x, cent).argmin(1)
-    for _ in range(n_iter):
-        new = torch.zeros_like(cent).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=k).to(x.dtype)
-        empty = counts == 0
-        new = new / counts.clamp_min(1)[:, None]
-        new[empty] = cent[empty]  # an emptied cluster keeps its centre
-        cent = new
-        new_labels = torch.cdist(x, cent).argmin(1)
-        if torch.equal(new_labels, labels):
-            break
-        labels = new_labels
-    return labels, cent
+    best: tuple[float, Tensor, Tensor] | None = None
+    for _ in range(max(1, n_init)):
+        cent = _kmeans_pp(x, k, gen)
+        labels = torch.cdist(x, cent).argmin(1)
+        for _ in range(n_iter):
+            new = torch.zeros_like(cent).index_add_(0, labels, x)
+            counts = torch.bincount(labels, minlength=k).to(x.dtype)
+            empty = counts == 0
+            new = new / counts.clamp_min(1)[:, None]
+            new[empty] = cent[empty]  # an emptied cluster keeps its centre
+            cent = new
+            new_labels = torch.cdist(x, cent).argmin(1)
+            if torch.equal(new_labels, labels):
+                break
+            labels = new_labels
+        inertia = float((x - cent[labels]).pow(2).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, labels, cent)
+    assert best is not None
+    return best[1], best[2]
 
 
 def _border(grid: tuple[int, int], device: torch.device) -> Tensor:
@@ -303,7 +332,8 @@ def text_grounding_scores(text_value: Tensor, image_values: Tensor) -> Tensor:
 
 
 def grounded_mask(
-    scores: Tensor, out_size: tuple[int, int], threshold: float | Literal["mean"] = 0.5
+    scores: Tensor, out_size: tuple[int, int], threshold: float | Literal["mean"] = 0.5,
+    mode: Upsample = "bilinear",
 ) -> Tensor:
     """Threshold rule for text-grounded masks.
 
@@ -317,7 +347,7 @@ def grounded_mask(
     s = scores.float()
     lo, hi = s.min(), s.max()
     norm = (s - lo) / (hi - lo) if hi > lo else torch.zeros_like(s)
-    up = upsample_scores(norm, out_size)
+    up = upsample_scores(norm, out_size, mode)
     if threshold == "mean":
         return up > norm.mean()
     return up >= float(threshold)

@@ -27,7 +27,7 @@ class FewShotSegmentation(LayerwiseMetric):
     * ``fbiou``: mean of foreground IoU and background IoU accumulated over all episodes.
 
     Example:
-        >>> m = FewShotSegmentation(num_layers=1, num_classes=2)
+        >>> m = FewShotSegmentation(num_layers=1, num_classes=2, upsample="nearest")
         >>> mask = torch.zeros(8, 8, dtype=torch.bool); mask[2:6, 2:6] = True
         >>> feats = torch.stack([mask.float(), (~mask).float()], -1)[None]  # (1, 8, 8, 2)
         >>> m.update([feats] * 2, [mask] * 2, feats, mask, class_id=1)
@@ -38,9 +38,10 @@ class FewShotSegmentation(LayerwiseMetric):
     plot_keys = ("miou", "fbiou")
 
     def __init__(self, num_layers: int, num_classes: int = 21, c: float = 10.0, balanced: bool = True,
-                 layer_names: Sequence[str] | None = None, **kwargs: Any) -> None:
+                 upsample: PF.Upsample = "bilinear", layer_names: Sequence[str] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(num_layers, layer_names, **kwargs)
-        self.num_classes, self.c, self.balanced = num_classes, c, balanced
+        self.num_classes, self.c, self.balanced, self.upsample = num_classes, c, balanced, upsample
         self.add_state("class_stats", torch.zeros(num_layers, num_classes, 2, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("fb_stats", torch.zeros(num_layers, 4, dtype=torch.long), dist_reduce_fx="sum")
 
@@ -56,7 +57,8 @@ class FewShotSegmentation(LayerwiseMetric):
         size = (query_mask.shape[0], query_mask.shape[1])
         for layer in range(self.num_layers):
             pred = PF.fewshot_segment([s[layer] for s in support_feats], support_masks, query_feats[layer], size,
-                                      support_ignore=support_ignore, c=self.c, balanced=self.balanced)
+                                      support_ignore=support_ignore, c=self.c, balanced=self.balanced,
+                                      mode=self.upsample)
             st = PF.segmentation_stats(pred, query_mask.to(pred.device), query_ignore).to(self.fb_stats.device)
             self.fb_stats[layer] += st
             self.class_stats[layer, class_id] += st[:2]
@@ -82,9 +84,10 @@ class CoSegmentation(LayerwiseMetric):
     plot_keys = ("jaccard", "precision")
 
     def __init__(self, num_layers: int, k: int = 4, min_share: float = 0.05, min_image_frac: float = 0.5,
-                 border_prior: bool = True, seed: int = 0, layer_names: Sequence[str] | None = None,
-                 **kwargs: Any) -> None:
+                 border_prior: bool = True, seed: int = 0, upsample: PF.Upsample = "bilinear",
+                 layer_names: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(num_layers, layer_names, **kwargs)
+        self.upsample = upsample
         self.k, self.min_share, self.min_image_frac = k, min_share, min_image_frac
         self.border_prior, self.seed = border_prior, seed
         self.add_state("jaccard_sum", torch.zeros(num_layers, dtype=torch.float64), dist_reduce_fx="sum")
@@ -101,7 +104,7 @@ class CoSegmentation(LayerwiseMetric):
             scores = PF.cosegment([g[layer] for g in group_feats], k=self.k, min_share=self.min_share,
                                   min_image_frac=self.min_image_frac, border_prior=self.border_prior, seed=self.seed)
             for sc, m in zip(scores, masks):
-                pred = PF.scores_to_mask(sc, (m.shape[0], m.shape[1])).cpu()
+                pred = PF.scores_to_mask(sc, (m.shape[0], m.shape[1]), mode=self.upsample).cpu()
                 m = m.bool().cpu()
                 self.jaccard_sum[layer] += PF.davis_j(pred, m)
                 self.precision_sum[layer] += float((pred == m).float().mean())
@@ -127,10 +130,10 @@ class TextGroundedSegmentation(LayerwiseMetric):
     plot_keys = ("miou", "ciou")
 
     def __init__(self, num_layers: int, num_classes: int | None = None,
-                 threshold: float | Literal["mean"] = 0.5, layer_names: Sequence[str] | None = None,
-                 **kwargs: Any) -> None:
+                 threshold: float | Literal["mean"] = 0.5, upsample: PF.Upsample = "bilinear",
+                 layer_names: Sequence[str] | None = None, **kwargs: Any) -> None:
         super().__init__(num_layers, layer_names, **kwargs)
-        self.num_classes, self.threshold = num_classes, threshold
+        self.num_classes, self.threshold, self.upsample = num_classes, threshold, upsample
         self.add_state("iou_sum", torch.zeros(num_layers, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("totals", torch.zeros(num_layers, 2, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
@@ -147,7 +150,7 @@ class TextGroundedSegmentation(LayerwiseMetric):
         size = (mask.shape[0], mask.shape[1])
         for layer in range(self.num_layers):
             scores = PF.text_grounding_scores(text_values[layer], image_values[layer])
-            pred = PF.grounded_mask(scores, size, self.threshold)
+            pred = PF.grounded_mask(scores, size, self.threshold, self.upsample)
             st = PF.segmentation_stats(pred, mask.to(pred.device), ignore).to(self.totals.device)
             self.totals[layer] += st[:2]
             self.iou_sum[layer] += 1.0 if st[1] == 0 else float(st[0]) / float(st[1])
