@@ -1,0 +1,1 @@
+"""BLINK evaluation: data protocol, answer parsing, choice scoring, latent probes and reports."""

@@ -1,0 +1,192 @@
+"""Evaluate an MLM on BLINK questions: batched answers, per-subtask scores, latent surfacing gap.
+
+>>> from vkvtrain.evaluation.blink import parse_choice
+>>> parse_choice("The correct answer is (B)", 2)
+'B'
+
+``evaluate_blink(mlm, questions, options)`` answers every question in batches (likelihood or generation
+mode, see :mod:`vkvtrain.evaluation.scoring`), reads the image value tokens of the same prefill for the
+latent probes (:mod:`vkvtrain.evaluation.latent`), and returns the per-question records plus the results
+dict that :mod:`vkvtrain.evaluation.report` writes.
+
+Probe layer (never a max over the evaluated questions): ``probe_layer`` = an int fixes one layer (an index
+into the model's LM layers, negative counts from the end); ``"heldout"`` puts a deterministic share
+(``heldout_fraction``, by a hash of the question idx) of each subtask aside, picks the layer with the best
+probe accuracy there, and reports the surfacing gap on the remaining questions only.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import torch
+
+from vkvtrain.data.blink import BLINK_SUBTASKS, LETTERS, BlinkQuestion
+from vkvtrain.errors import RecipeError
+from vkvtrain.evaluation.latent import probe_correct_batch, probe_kind
+from vkvtrain.evaluation.parse import parse_choice
+from vkvtrain.evaluation.protocol import PromptProtocol
+from vkvtrain.evaluation.report import summarize
+from vkvtrain.evaluation.scoring import Answer, generate_answers, score_choices
+from vkvtrain.probes.surfacing_gap import SurfacingGap
+
+__all__ = ["EvalOptions", "ProbeOptions", "evaluate_blink", "parse_choice", "is_heldout"]
+
+
+@dataclass
+class ProbeOptions:
+    """Latent probes. layers: LM layers probed (None = all). probe_layer: int or "heldout"."""
+
+    enabled: bool = True
+    layers: list[int] | None = None
+    probe_layer: int | str = "heldout"
+    heldout_fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.probe_layer, str) and self.probe_layer != "heldout":
+            raise RecipeError(f"probes.probe_layer={self.probe_layer!r}; give a layer index or 'heldout'")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise RecipeError(f"probes.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+
+
+@dataclass
+class EvalOptions:
+    """mode: "likelihood" (choice scoring from one cached prefill) or "generate" (greedy + strict parser)."""
+
+    mode: Literal["likelihood", "generate"] = "likelihood"
+    batch_size: int = 8
+    max_new_tokens: int = 16
+    prompt: PromptProtocol = field(default_factory=PromptProtocol)
+    probes: ProbeOptions = field(default_factory=ProbeOptions)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("likelihood", "generate"):
+            raise RecipeError(f"mode={self.mode!r}; choose likelihood or generate")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise RecipeError("batch_size and max_new_tokens must be >= 1")
+
+
+def is_heldout(idx: str, fraction: float) -> bool:
+    """Deterministic membership of question ``idx`` in the layer-selection part."""
+    return zlib.crc32(idx.encode()) % 10_000 < fraction * 10_000
+
+
+def _resolve_layers(mlm: Any, layers: list[int] | None) -> list[int]:
+    n = mlm.num_layers
+    chosen = list(range(n)) if layers is None else [l % n if -n <= l < n else l for l in layers]
+    bad = [l for l in chosen if not 0 <= l < n]
+    if bad:
+        raise RecipeError(f"probes.layers {bad} out of range: the model has {n} LM layers (0..{n - 1})")
+    return chosen
+
+
+def _record(q: BlinkQuestion, a: Answer, mode: str) -> dict[str, Any]:
+    if mode == "likelihood":
+        assert a.scores is not None
+        prediction: str | None = LETTERS[max(range(len(a.scores)), key=a.scores.__getitem__)]
+    else:
+        prediction = parse_choice(a.response or "", q.n_choices)
+    return {
+        "idx": q.idx,
+        "sub_task": q.sub_task,
+        "answer": q.answer,
+        "n_choices": q.n_choices,
+        "response": a.response,
+        "scores": a.scores,
+        "prediction": prediction,
+        "correct": prediction is not None and prediction == q.answer,
+    }
+
+
+def evaluate_blink(
+    mlm: Any, questions: Sequence[BlinkQuestion], options: EvalOptions | None = None, progress: bool = True
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Answer ``questions`` in batches; returns (records, results).
+
+    records: one dict per question (idx, sub_task, answer, response, scores, prediction, correct, and
+    ``probe_correct`` (per probed layer) where a probe applies). results: see report.summarize, plus
+    ``latent`` when probes ran.
+    """
+    from tqdm.auto import tqdm
+
+    opts = options or EvalOptions()
+    run_probes = opts.probes.enabled and any(probe_kind(q) is not None for q in questions)
+    layers = _resolve_layers(mlm, opts.probes.layers) if run_probes else []
+    S = len(BLINK_SUBTASKS)
+    gap_eval = SurfacingGap(S, len(layers)) if run_probes else None
+    gap_select = SurfacingGap(S, len(layers)) if run_probes else None
+
+    records: list[dict[str, Any]] = []
+    bar = tqdm(total=len(questions), desc=f"BLINK ({opts.mode})", disable=not progress, unit="q")
+    for start in range(0, len(questions), opts.batch_size):
+        chunk = list(questions[start : start + opts.batch_size])
+        probe_out: list[Any] = [None] * len(chunk)
+
+        def on_prefill(batch: Any, cache: Any) -> None:
+            if run_probes:
+                probe_out[:] = probe_correct_batch(chunk, batch.spans, cache, layers)
+
+        if opts.mode == "likelihood":
+            answers = score_choices(mlm, chunk, opts.prompt, on_prefill)
+        else:
+            answers = generate_answers(mlm, chunk, opts.prompt, opts.max_new_tokens, on_prefill)
+        for q, a, pc in zip(chunk, answers, probe_out):
+            rec = _record(q, a, opts.mode)
+            if pc is not None:
+                heldout = opts.probes.probe_layer == "heldout" and is_heldout(q.idx, opts.probes.heldout_fraction)
+                rec["probe_correct"] = pc.tolist()
+                rec["probe_heldout"] = heldout
+                metric = gap_select if heldout else gap_eval
+                assert metric is not None
+                metric.update(
+                    torch.tensor([BLINK_SUBTASKS.index(q.sub_task)]), torch.tensor([rec["correct"]]), pc[None]
+                )
+            records.append(rec)
+        bar.update(len(chunk))
+    bar.close()
+
+    results = summarize(records)
+    results["mode"] = opts.mode
+    results["model"] = getattr(mlm, "name", None)
+    if run_probes:
+        assert gap_eval is not None and gap_select is not None
+        results["latent"] = latent_summary(gap_eval, gap_select, layers, opts.probes, mlm.num_layers)
+    return records, results
+
+
+def latent_summary(
+    gap_eval: SurfacingGap, gap_select: SurfacingGap, layers: list[int], probes: ProbeOptions, n_model_layers: int
+) -> dict[str, Any]:
+    """Per subtask: the chosen layer and, at it, output/probe accuracy and both gap shares (eval part)."""
+    ev = gap_eval.compute()
+    sel = gap_select.compute()
+    out: dict[str, Any] = {"layer_selection": str(probes.probe_layer), "layers": layers, "subtasks": {}}
+    for s, name in enumerate(BLINK_SUBTASKS):
+        n = int(gap_eval.total[s])
+        if n == 0 and int(gap_select.total[s]) == 0:
+            continue
+        if probes.probe_layer == "heldout":
+            acc = sel["probe_accuracy"][s]
+            col = None if int(gap_select.total[s]) == 0 else int(torch.nan_to_num(acc, nan=-1.0).argmax())
+        else:
+            want = int(probes.probe_layer) % n_model_layers
+            if want not in layers:
+                raise RecipeError(f"probes.probe_layer={probes.probe_layer} is not among probes.layers {layers}")
+            col = layers.index(want)
+
+        def at(key: str) -> float | None:
+            return None if col is None or n == 0 else float(ev[key][s, col])
+
+        out["subtasks"][name] = {
+            "layer": None if col is None else layers[col],
+            "n": n,
+            "n_heldout": int(gap_select.total[s]),
+            "output_accuracy": None if n == 0 else float(ev["output_accuracy"][s]),
+            "probe_accuracy": at("probe_accuracy"),
+            "gap_all": at("gap_all"),
+            "gap_wrong": at("gap_wrong"),
+            "per_layer": {k: ev[k][s].tolist() for k in ("probe_accuracy", "gap_all", "gap_wrong")},
+        }
+    return out

@@ -1,0 +1,94 @@
+"""Latent probes on BLINK: answer a question from the LM's image value tokens alone, at every layer.
+
+Defined where a representation probe needs no training:
+
+- ``pooled`` (Art_Style, Visual_Similarity): image_1 is the reference, image_{c+2} is choice c. Score of
+  choice c = cosine(mean value token of the reference's base grid, mean value token of image_{c+2}).
+- ``point`` (Visual_, Semantic_, Functional_Correspondence): needs the marked point coordinates
+  (``BlinkQuestion.points``: REF on image_1, the choice labels A, B, ... on image_2); score of choice c =
+  cosine(value token under REF, value token under point c). The hub data draws its points into the pixels
+  without coordinates, so on hub data these subtasks are skipped unless points are supplied.
+
+The probe's answer is the arg-max choice. Values are read from the prefill's KV cache, which holds exactly
+the v_proj outputs (the same tensors as vkvtrain.capture's ImageKV.values), at the image's base grid.
+A point (x, y) in [0, 1] maps to grid cell (floor(y*H), floor(x*W)) of the base-resolution grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vkvtrain.data.blink import LETTERS, BlinkQuestion
+from vkvtrain.prompts import ImageSpan
+
+PROBES: dict[str, str] = {
+    "Art_Style": "pooled",
+    "Visual_Similarity": "pooled",
+    "Functional_Correspondence": "point",
+    "Semantic_Correspondence": "point",
+    "Visual_Correspondence": "point",
+}
+
+
+def image_grid_values(cache: Any, layers: Sequence[int], b: int, span: ImageSpan) -> Tensor:
+    """(n_layers, H, W, kv_dim) value tokens of one image's base grid, read from a DynamicCache."""
+    H, W = span.grid_shape
+    out = []
+    for layer in layers:
+        v = cache.layers[layer].values[b, :, span.start : span.start + H * W]  # (n_kv_heads, H*W, head_dim)
+        out.append(v.permute(1, 0, 2).reshape(H, W, -1))
+    return torch.stack(out).float()
+
+
+def _cell(grid: Tensor, xy: tuple[float, float]) -> Tensor:
+    """(n_layers, D) token of grid (n_layers, H, W, D) under the normalised point xy."""
+    H, W = grid.shape[1:3]
+    row = min(max(int(xy[1] * H), 0), H - 1)
+    col = min(max(int(xy[0] * W), 0), W - 1)
+    return grid[:, row, col]
+
+
+def probe_kind(q: BlinkQuestion) -> str | None:
+    """Which probe applies to ``q`` ("pooled", "point") or None when none is defined for it."""
+    kind = PROBES.get(q.sub_task)
+    if kind == "pooled" and len(q.images) == q.n_choices + 1:
+        return kind
+    if kind == "point" and q.points is not None and len(q.images) >= 2:
+        marks2 = q.points.get("image_2", {})
+        if "REF" in q.points.get("image_1", {}) and all(c in marks2 for c in q.letters):
+            return kind
+    return None
+
+
+def probe_scores(q: BlinkQuestion, grids: list[Tensor]) -> Tensor:
+    """(n_layers, n_choices) probe scores; ``grids[i]`` is image i's (n_layers, H, W, D) value grid."""
+    kind = probe_kind(q)
+    if kind == "pooled":
+        ref = grids[0].mean((1, 2))  # (n_layers, D)
+        return torch.stack([F.cosine_similarity(ref, grids[c + 1].mean((1, 2)), dim=-1) for c in range(q.n_choices)], -1)
+    if kind == "point":
+        assert q.points is not None
+        ref = _cell(grids[0], q.points["image_1"]["REF"])
+        marks = q.points["image_2"]
+        return torch.stack(
+            [F.cosine_similarity(ref, _cell(grids[1], marks[LETTERS[c]]), dim=-1) for c in range(q.n_choices)], -1
+        )
+    raise ValueError(f"no latent probe is defined for {q.idx} ({q.sub_task})")
+
+
+def probe_correct_batch(
+    questions: Sequence[BlinkQuestion], spans: list[list[ImageSpan]], cache: Any, layers: Sequence[int]
+) -> list[Tensor | None]:
+    """Per question: (n_layers,) bool, the probe's arg-max choice is the gold one; None without a probe."""
+    out: list[Tensor | None] = []
+    for b, q in enumerate(questions):
+        if probe_kind(q) is None or q.answer_index is None:
+            out.append(None)
+            continue
+        grids = [image_grid_values(cache, layers, b, s) for s in spans[b]]
+        out.append(probe_scores(q, grids).argmax(-1).cpu() == q.answer_index)
+    return out

@@ -1,0 +1,132 @@
+"""BLINK scores from per-question records, and the three output files (results.json, responses.jsonl, results.md).
+
+Per subtask: accuracy (questions answered right / questions with a gold answer) and invalid rate (answers
+the parser could not read / questions). Overall: ``macro`` = unweighted mean of the subtask accuracies
+(BLINK's official score), ``micro`` = right / all questions pooled (what VLMEvalKit reports).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from vkvtrain.data.blink import BLINK_SUBTASKS
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``{"subtasks": {name: {accuracy, n, invalid, n_correct, n_invalid}}, "macro", "micro", "n"}``.
+
+    Records need ``sub_task``, ``answer`` (gold letter or None), ``prediction`` (letter or None) and
+    ``correct`` (bool). Questions without a gold answer count only in ``n_unscored``.
+    """
+    order = {s: i for i, s in enumerate(BLINK_SUBTASKS)}
+    names = sorted({r["sub_task"] for r in records}, key=lambda s: (order.get(s, len(order)), s))
+    subtasks: dict[str, dict[str, Any]] = {}
+    right = total = 0
+    for name in names:
+        rs = [r for r in records if r["sub_task"] == name]
+        scored = [r for r in rs if r["answer"] is not None]
+        n_correct = sum(bool(r["correct"]) for r in scored)
+        n_invalid = sum(r["prediction"] is None for r in rs)
+        subtasks[name] = {
+            "accuracy": n_correct / len(scored) if scored else None,
+            "n": len(scored),
+            "invalid": n_invalid / len(rs),
+            "n_correct": n_correct,
+            "n_invalid": n_invalid,
+            "n_unscored": len(rs) - len(scored),
+        }
+        right += n_correct
+        total += len(scored)
+    accs = [v["accuracy"] for v in subtasks.values() if v["accuracy"] is not None]
+    return {
+        "subtasks": subtasks,
+        "macro": sum(accs) / len(accs) if accs else None,
+        "micro": right / total if total else None,
+        "n": total,
+    }
+
+
+def _fmt(x: Any, pct: bool = True) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.1f}" if pct else str(x)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """A markdown report: the subtask table, then the latent surfacing table when present."""
+    lines = [
+        f"# BLINK results ({results.get('mode', '?')} mode, model {results.get('model', '?')})",
+        "",
+        "| subtask | n | accuracy % | invalid % |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, v in results["subtasks"].items():
+        lines.append(f"| {name} | {v['n']} | {_fmt(v['accuracy'])} | {_fmt(v['invalid'])} |")
+    lines.append(f"| **macro (official)** | {results['n']} | {_fmt(results['macro'])} | |")
+    lines.append(f"| **micro (VLMEvalKit)** | {results['n']} | {_fmt(results['micro'])} | |")
+    latent = results.get("latent")
+    if latent and latent.get("subtasks"):
+        lines += [
+            "",
+            f"## Latent vs output (layer: {latent['layer_selection']})",
+            "",
+            "Share of questions where the value-token probe is right and the output is wrong.",
+            "",
+            "| subtask | layer | n | output acc % | probe acc % | probe right & output wrong, % of all | % of wrong |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, v in latent["subtasks"].items():
+            lines.append(
+                f"| {name} | {_fmt(v['layer'], False)} | {v['n']} | {_fmt(v['output_accuracy'])} | "
+                f"{_fmt(v['probe_accuracy'])} | {_fmt(v['gap_all'])} | {_fmt(v['gap_wrong'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(out_dir: str | Path, results: dict[str, Any], records: Sequence[dict[str, Any]]) -> Path:
+    """Write results.json, responses.jsonl (one record per question) and results.md into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(_clean(results), indent=2, allow_nan=False) + "\n")
+    with open(out / "responses.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps(_clean(r), allow_nan=False) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    return out
+
+
+def _clean(x: Any) -> Any:
+    """NaN -> None (JSON null), recursively; strict JSON readers reject NaN."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def log_wandb(results: dict[str, Any], logger: Any, key: str = "blink") -> None:
+    """Log the subtask table (and the latent table) as W&B Tables plus scalar macro/micro.
+
+    ``logger``: a wandb Run, or a Lightning WandbLogger (its ``experiment`` is used).
+    """
+    import wandb
+
+    run = getattr(logger, "experiment", logger)
+    rows = [[n, v["n"], v["accuracy"], v["invalid"]] for n, v in results["subtasks"].items()]
+    payload: dict[str, Any] = {
+        f"{key}/subtasks": wandb.Table(columns=["subtask", "n", "accuracy", "invalid"], data=rows),
+        f"{key}/macro": results["macro"],
+        f"{key}/micro": results["micro"],
+    }
+    latent = results.get("latent")
+    if latent and latent.get("subtasks"):
+        cols = ["subtask", "layer", "n", "output_accuracy", "probe_accuracy", "gap_all", "gap_wrong"]
+        payload[f"{key}/latent"] = wandb.Table(
+            columns=cols, data=[[n] + [v[c] for c in cols[1:]] for n, v in latent["subtasks"].items()]
+        )
+    run.log(payload)
