@@ -1,0 +1,202 @@
+"""Training/validation rows through `datasets`: a hub id, a local parquet file/folder, a save_to_disk folder,
+or a synthetic BLINK-style set (``synthetic://blink?n_per_subtask=4&subtasks=Counting,Jigsaw&image_size=32``).
+
+A row becomes a :class:`TrainingExample` (images, question, answer, optional task name and choices). Image
+columns may hold PIL images, ``datasets.Image`` dicts, or None (BLINK's unused image_3/image_4 slots).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from PIL import Image
+
+from vkvtrain.errors import DatasetError
+
+SYNTHETIC_SCHEME = "synthetic://"
+
+
+@dataclass
+class DataSource:
+    """Where one split comes from and which columns hold what (a recipe section).
+
+    Attributes:
+        source: hub id, local path (parquet file, folder of parquet files, save_to_disk folder) or
+            ``synthetic://blink?n_per_subtask=N&subtasks=A,B&seed=S&image_size=P``.
+        split: split name ("train", "validation"...); for synthetic sources also the id prefix.
+        subset: hub config name (e.g. a BLINK subtask), if the dataset has several.
+        image_columns: columns holding images, in prompt order; None cells are skipped.
+        question_field: column with the prompt text shown after the images.
+        answer_field: column with the target answer (loss is taken on its tokens only).
+        task_field: optional column naming the task (per-task metrics); "" for none.
+        choices_field: optional column with answer options (BLINK-style validation); "" for none.
+        points_field: optional JSON column of marked points (synthetic BLINK ``points``); "" for none.
+        limit: keep only the first ``limit`` rows.
+        revision: hub revision to pin.
+    """
+
+    source: str
+    split: str = "train"
+    subset: str | None = None
+    image_columns: list[str] = field(default_factory=lambda: ["image"])
+    question_field: str = "question"
+    answer_field: str = "answer"
+    task_field: str = ""
+    choices_field: str = ""
+    points_field: str = ""
+    limit: int | None = None
+    revision: str | None = None
+
+
+@dataclass
+class TrainingExample:
+    """One example: images (prompt order), question text, answer text, optional task and choices."""
+
+    images: list[Image.Image]
+    question: str
+    answer: str
+    task: str = ""
+    choices: list[str] = field(default_factory=list)
+    points: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+
+def load_rows(spec: DataSource) -> Any:
+    """The ``datasets.Dataset`` of one split, columns checked; raises DatasetError naming what is missing."""
+    if spec.source.startswith(SYNTHETIC_SCHEME):
+        dataset = _synthetic(spec)
+    else:
+        path = Path(spec.source).expanduser()
+        dataset = _local(path, spec) if path.exists() else _hub(spec)
+    check_columns(dataset.column_names, spec)
+    if spec.limit is not None:
+        dataset = dataset.select(range(min(spec.limit, len(dataset))))
+    if len(dataset) == 0:
+        raise DatasetError(f"{spec.source!r} split {spec.split!r} has no rows.")
+    return dataset
+
+
+def check_columns(columns: list[str], spec: DataSource) -> None:
+    wanted = [*spec.image_columns, spec.question_field, spec.answer_field]
+    wanted += [c for c in (spec.task_field, spec.choices_field, spec.points_field) if c]
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise DatasetError(
+            f"{spec.source!r} split {spec.split!r} lacks column(s) {missing}; it has {sorted(columns)}. "
+            "Set image_columns / question_field / answer_field / task_field / choices_field in the recipe's "
+            "data section to the dataset's names."
+        )
+    if not spec.image_columns:
+        raise DatasetError("data.image_columns is empty; vkvtrain trains on prompts with images.")
+
+
+def _pick_split(obj: Any, spec: DataSource) -> Any:
+    import datasets
+
+    if isinstance(obj, (datasets.DatasetDict, dict)):
+        if spec.split not in obj:
+            raise DatasetError(
+                f"{spec.source!r} has no split {spec.split!r}; available: {sorted(obj)}. Set data.<part>.split."
+            )
+        return obj[spec.split]
+    return obj
+
+
+def _local(path: Path, spec: DataSource) -> Any:
+    import datasets
+
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        return _pick_split(datasets.load_from_disk(str(path)), spec)
+    if path.is_file() and path.suffix == ".parquet":
+        return datasets.load_dataset("parquet", data_files={spec.split: str(path)}, split=spec.split)
+    if path.is_dir():
+        split_files = sorted(path.glob(f"**/{spec.split}*.parquet")) or sorted(path.glob(f"**/{spec.split}/*.parquet"))
+        if not split_files:
+            available = sorted({p.stem.split("-")[0] for p in path.glob("**/*.parquet")})
+            raise DatasetError(
+                f"{str(path)!r} holds no parquet file for split {spec.split!r} (found splits: {available or 'none'}). "
+                "Name files <split>.parquet / <split>-*.parquet, or point data.source at a save_to_disk folder."
+            )
+        return datasets.load_dataset("parquet", data_files={spec.split: [str(p) for p in split_files]}, split=spec.split)
+    raise DatasetError(f"{str(path)!r} is neither a parquet file nor a dataset folder.")
+
+
+def _hub(spec: DataSource) -> Any:
+    import datasets
+
+    try:
+        obj = datasets.load_dataset(spec.source, spec.subset, revision=spec.revision)
+    except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
+        raise DatasetError(
+            f"cannot load dataset {spec.source!r} (subset {spec.subset!r}): {str(err).splitlines()[0][:200]} "
+            "Give an existing local path, a hub id reachable from here (unset HF_DATASETS_OFFLINE), or "
+            "synthetic://blink?n_per_subtask=8."
+        ) from err
+    return _pick_split(obj, spec)
+
+
+def _synthetic(spec: DataSource) -> Any:
+    import datasets
+
+    from vkvtrain.data.synthetic_blink import questions_to_rows, synthetic_blink_questions
+
+    url = urlparse(spec.source)
+    if url.netloc != "blink":
+        raise DatasetError(f"unknown synthetic source {spec.source!r}; use synthetic://blink?n_per_subtask=N.")
+    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    known = {"n_per_subtask", "subtasks", "seed", "image_size"}
+    if set(query) - known:
+        raise DatasetError(f"unknown option(s) {sorted(set(query) - known)} in {spec.source!r}; known: {sorted(known)}.")
+    questions = synthetic_blink_questions(
+        n_per_subtask=int(query.get("n_per_subtask", 4)),
+        seed=int(query.get("seed", 0)),
+        subtasks=query["subtasks"].split(",") if "subtasks" in query else None,
+        image_size=int(query.get("image_size", 64)),
+        split=spec.split,
+    )
+    return datasets.Dataset.from_dict(questions_to_rows(questions))
+
+
+def _image(value: Any, column: str) -> Image.Image | None:
+    if value is None:
+        return None
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        import io
+
+        raw = value.get("bytes")
+        return Image.open(io.BytesIO(raw) if raw else value["path"]).convert("RGB")
+    raise DatasetError(f"column {column!r} holds {type(value).__name__}, not an image; check data.image_columns.")
+
+
+def to_example(row: dict[str, Any], spec: DataSource) -> TrainingExample:
+    """One dataset row -> TrainingExample (None image cells dropped)."""
+    images = [img for c in spec.image_columns if (img := _image(row[c], c)) is not None]
+    if not images:
+        raise DatasetError(f"a row of {spec.source!r} has no image in columns {spec.image_columns}.")
+    return TrainingExample(
+        images=images,
+        question=str(row[spec.question_field]),
+        answer=str(row[spec.answer_field]),
+        task=str(row[spec.task_field]) if spec.task_field else "",
+        choices=list(row[spec.choices_field]) if spec.choices_field else [],
+        points=json.loads(row[spec.points_field]) if spec.points_field and row[spec.points_field] else {},
+    )
+
+
+class ExampleDataset:
+    """Map-style dataset of TrainingExample over a ``datasets.Dataset`` (decoding happens per item)."""
+
+    def __init__(self, spec: DataSource) -> None:
+        self.spec = spec
+        self.rows = load_rows(spec)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> TrainingExample:
+        return to_example(self.rows[int(index)], self.spec)

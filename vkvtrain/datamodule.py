@@ -1,0 +1,128 @@
+"""VKVDataModule: train/validation splits through `datasets`, encoded by the module's MLM at collate time.
+
+The training loader is resumable mid-epoch: its sampler is a seeded ``DistributedSampler`` (so Lightning does
+not re-wrap it under DDP) whose order depends only on (seed, epoch), and the loader's ``state_dict`` records
+how many batches of the epoch the trainer has processed; after a restore the sampler skips them, so a run
+killed mid-epoch and resumed sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from vkvtrain.data.training import DataSource, ExampleDataset, TrainingExample
+from vkvtrain.errors import RecipeError
+
+
+class SkippingSampler(DistributedSampler):
+    """DistributedSampler whose next iteration drops the first ``skip`` indices (mid-epoch resume)."""
+
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, shuffle: bool, seed: int, drop_last: bool) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader with Lightning's ``state_dict``/``load_state_dict`` interface (batches processed this epoch)."""
+
+    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_done": int(self._progress()) if self._progress else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        assert isinstance(self.sampler, SkippingSampler)
+        self.sampler.skip = int(state["batches_done"]) * int(self.batch_size or 1)
+
+
+
+class VKVDataModule(L.LightningDataModule):
+    """Train and validation data of a recipe.
+
+    Args:
+        train: training split (``DataSource``); required for ``fit``.
+        val: validation split (also used by ``validate``/``test``); BLINK-style rows with ``choices_field``
+            and ``task_field`` also feed the surfacing-gap metric.
+        batch_size: prompts per batch (per device).
+        val_batch_size: defaults to ``batch_size``.
+        num_workers: DataLoader workers (0 keeps encoding in the main process).
+        shuffle: shuffle the training split each epoch (seeded; resumable).
+        seed: shuffling seed.
+        max_length: longest tokenized prompt kept (see ``mlm.encode``).
+    """
+
+    def __init__(
+        self,
+        train: DataSource | None = None,
+        val: DataSource | None = None,
+        batch_size: int = 4,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise RecipeError(f"data.batch_size must be >= 1, got {batch_size}.")
+        self.train_source, self.val_source = train, val
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.seed = seed
+        self.max_length = max_length
+        self.train_set: ExampleDataset | None = None
+        self.val_set: ExampleDataset | None = None
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.train_source is None:
+            raise RecipeError("`fit` needs data.train (a DataSource); the recipe's data section has none.")
+        if stage == "fit" and self.train_set is None:
+            self.train_set = ExampleDataset(self.train_source)
+        if stage in ("fit", "validate", "test") and self.val_source is not None and self.val_set is None:
+            self.val_set = ExampleDataset(self.val_source)
+        if stage in ("validate", "test") and self.val_source is None:
+            raise RecipeError(f"`{stage}` needs data.val (a DataSource); the recipe's data section has none.")
+
+    def _collator(self) -> Any:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not hasattr(module, "collator"):
+            raise RecipeError("VKVDataModule must be used with VKVModule (it encodes with the module's MLM).")
+        return module.collator(max_length=self.max_length)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        trainer = self.trainer
+        sampler = SkippingSampler(
+            self.train_set, num_replicas=trainer.world_size, rank=trainer.global_rank,
+            shuffle=self.shuffle, seed=self.seed, drop_last=True,
+        )
+        return ResumableDataLoader(
+            self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+            collate_fn=self._collator(), num_workers=self.num_workers,
+            progress=lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            return []  # type: ignore[return-value]
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, shuffle=False,
+                          collate_fn=self._collator(), num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+

@@ -1,0 +1,323 @@
+"""VKVModule: an MLM under a list of interventions, trained and validated by Lightning.
+
+The HF model is built in ``configure_model`` (so ddp_spawn / FSDP build it where it runs); the base weights
+are frozen and only the interventions' tensors train. Validation captures the image keys/values of the
+probed layers and updates, per layer, the key input-agnosticism metric and the surfacing-gap metric (model
+output right/wrong vs a latent correspondence probe on the image values); epoch end logs every per-layer
+value and a layer x task heatmap. Checkpoints hold the trainable tensors and the resolved recipe only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from vkvtrain.data.collate import TrainBatch, TrainingCollator
+from vkvtrain.errors import NonFiniteLossError, RecipeError
+from vkvtrain.interventions.base import Intervention
+from vkvtrain.interventions.key_artifacts import layer_keys, resolve_layers
+from vkvtrain.interventions.quantization import Quantization
+
+CHECKPOINT_KEY = "vkvtrain"
+
+
+def output_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: greedy decoding reproduces every answer token (teacher-forced argmax == label).
+
+    Args:
+        logits: (B, L, V); labels: (B, L) with -100 off the answer.
+    """
+    pred = logits[:, :-1].argmax(-1)  # (B, L-1) prediction of token t+1
+    target = labels[:, 1:]
+    ok = (pred == target) | (target == -100)
+    return ok.all(dim=1)
+
+
+def correspondence_probe(kv: Any, batch: TrainBatch, b: int, layer: int) -> bool | None:
+    """Latent answer of a correspondence question from image values at ``layer``, or None if not applicable.
+
+    The question marks REF in image 1 and candidates A, B, ... in image 2 (``batch.points[b]``, coordinates
+    in [0, 1]); the probe picks the candidate whose base-grid value token is most cosine-similar to REF's.
+    """
+    points = batch.points[b]
+    ref = points.get("image_1", {}).get("REF")
+    candidates = points.get("image_2", {})
+    if ref is None or not candidates or len(batch.spans[b]) < 2 or not batch.answers[b]:
+        return None
+    src, trg = kv.image(layer, b, 0).grid("values"), kv.image(layer, b, 1).grid("values")  # (H, W, D)
+
+    def cell(grid: torch.Tensor, xy: Any) -> torch.Tensor:
+        h, w = grid.shape[:2]
+        return grid[min(int(xy[1] * h), h - 1), min(int(xy[0] * w), w - 1)].float()
+
+    query = torch.nn.functional.normalize(cell(src, ref), dim=0)
+    letters = sorted(candidates)
+    sims = torch.stack([query @ torch.nn.functional.normalize(cell(trg, candidates[k]), dim=0) for k in letters])
+    gold = batch.answers[b].strip().strip("()")
+    return letters[int(sims.argmax())] == gold
+
+
+class VKVModule(L.LightningModule):
+    """LightningModule of a vkvtrain recipe (the ``model:`` section).
+
+    Args:
+        model: hub id, local folder or ``tiny://<family>``.
+        dtype: load dtype ("bfloat16" on GPUs); None keeps float32.
+        attn_implementation: "eager" or "sdpa" (attention blocking supports both); None = transformers' choice.
+        quantization: bitsandbytes loading for QLoRA recipes (``Quantization(bits=4)``); None = full precision.
+        interventions: the interventions, applied in order (``class_path`` + ``init_args`` in the recipe).
+        learning_rate, weight_decay: AdamW on the trainable tensors of all interventions.
+        probe_layers: LM layers probed during validation (negative counts from the end); None = all.
+        agnosticism_threshold: flag key positions with input-agnosticism >= this (None: per-layer MAD rule).
+        gradient_checkpointing: trade compute for memory on real models.
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny://llava_onevision",
+        dtype: str | None = None,
+        attn_implementation: str | None = None,
+        quantization: Quantization | None = None,
+        interventions: list[Intervention] | None = None,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        probe_layers: list[int] | None = None,
+        agnosticism_threshold: float | None = None,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model_name = model
+        self.dtype_name = dtype
+        self.attn_implementation = attn_implementation
+        self.quantization = quantization
+        self.interventions = nn.ModuleList(interventions or [])
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.probe_layer_spec = probe_layers
+        self.agnosticism_threshold = agnosticism_threshold
+        self.gradient_checkpointing = gradient_checkpointing
+        self.recipe: str = ""  # the resolved recipe (YAML), filled in by the CLI
+        self.mlm: Any = None
+        self.probe_layers: list[int] = []
+        self._agnosticism: Any = None
+        self._gap: Any = None
+        self._tasks: list[str] = []
+
+    # ------------------------------------------------------------------ model
+    def configure_model(self) -> None:
+        if self.mlm is not None:
+            return
+        from vkvtrain.models.loading import load_mlm
+
+        mlm = load_mlm(
+            self.model_name, dtype=self.dtype_name, attn_implementation=self.attn_implementation,
+            quantization=self.quantization.to_bnb_config() if self.quantization else None,
+            device_map={"": self.device.index or 0} if self.quantization and self.device.type == "cuda" else None,
+        )
+        mlm.model.requires_grad_(False)
+        if self.gradient_checkpointing:
+            mlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            mlm.model.enable_input_require_grads()
+        for intervention in self.interventions:
+            intervention.attach(mlm)
+        self.mlm = mlm
+        self.hf_model = mlm.model  # registered so Lightning moves it; its frozen weights are not checkpointed
+        self.probe_layers = (resolve_layers(self.probe_layer_spec, mlm.num_layers, "model.probe_layers")
+                             if self.probe_layer_spec is not None else list(range(mlm.num_layers)))
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            mlm.model.train()
+
+    def collator(self, max_length: int | None = None) -> TrainingCollator:
+        """collate_fn for the datamodule: prompts carry the interventions' prefix text before the images."""
+        self.configure_model()
+        parts = [p for iv in self.interventions if (p := iv.prompt_prefix())]
+        return TrainingCollator(self.mlm, prefix="".join(parts) or None, max_length=max_length)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = [p for iv in self.interventions for p in iv.parameters() if p.requires_grad]
+        params += [p for iv in self.interventions for p in iv.extra_trainable_parameters()]
+        return params
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = self.trainable_parameters()
+        if not params:
+            raise RecipeError("nothing to train: the recipe's interventions have no trainable tensors.")
+        return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+
+    # ------------------------------------------------------------------ steps
+    def _forward(self, batch: TrainBatch, layers: list[int], grad: bool) -> tuple[Any, Any]:
+        for intervention in self.interventions:
+            intervention.on_batch(batch)
+        if not layers:
+            return self.mlm.model(**batch.inputs), None
+        with self.mlm.capture(layers=layers, grad=grad) as kv:
+            out = self.mlm.model(**batch.inputs)
+        return out, kv
+
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
+        layers = sorted({layer for iv in self.interventions for layer in iv.grad_layers()})
+        out, kv = self._forward(batch, layers, grad=True)
+        loss = out.loss
+        self.log("train/lm_loss", out.loss.detach(), batch_size=len(batch))
+        for i, intervention in enumerate(self.interventions):
+            extra = intervention.loss(kv, batch)
+            if extra is not None:
+                self.log(f"train/{type(intervention).__name__}_{i}", extra.detach(), batch_size=len(batch))
+                loss = loss + extra
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {float(loss)} at global step {self.global_step} (batch {batch_idx}); "
+                "training stopped. The last good checkpoint is kept in the checkpoint folder: lower "
+                "model.learning_rate or an intervention weight and resume from it with --ckpt_path."
+            )
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def _eval_step(self, batch: TrainBatch, stage: str) -> None:
+        out, kv = self._forward(batch, self.probe_layers, grad=False)
+        self.log(f"{stage}/loss", out.loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        self._update_agnosticism(kv, batch)
+        self._update_gap(kv, batch, out)
+
+    def validation_step(self, batch: TrainBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: TrainBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    # ------------------------------------------------------------------ metrics
+    def _update_agnosticism(self, kv: Any, batch: TrainBatch) -> None:
+        from vkvtrain.probes import KeyInputAgnosticism
+
+        keys = [layer_keys(kv, batch, layer, "keys", min_images=1) for layer in self.probe_layers]
+        if any(k is None for k in keys):
+            return
+        if self._agnosticism is None:
+            n, d = keys[0].shape[1:]
+            self._agnosticism = KeyInputAgnosticism(
+                num_layers=len(self.probe_layers), num_positions=n, dim=d, threshold=self.agnosticism_threshold,
+                layer_names=[str(i) for i in self.probe_layers],
+            ).to(self.device)
+        if tuple(keys[0].shape[1:]) != (self._agnosticism.num_positions, self._agnosticism.dim):
+            return  # images of another grid size: the metric needs one shared grid
+        self._agnosticism.update([k.to(self.device) for k in keys])
+
+    def _update_gap(self, kv: Any, batch: TrainBatch, out: Any) -> None:
+        from vkvtrain.data.blink import BLINK_SUBTASKS
+        from vkvtrain.probes.surfacing_gap import SurfacingGap
+
+        rows = [(b, [correspondence_probe(kv, batch, b, layer) for layer in self.probe_layers])
+                for b in range(len(batch))]
+        rows = [(b, r) for b, r in rows if None not in r and batch.tasks[b] in BLINK_SUBTASKS]
+        if not rows:
+            return
+        if self._gap is None:
+            self._gap = SurfacingGap(num_subtasks=len(BLINK_SUBTASKS), num_layers=len(self.probe_layers)).to(self.device)
+        correct = output_correct(out.logits.detach(), batch.inputs["labels"])
+        index = torch.tensor([b for b, _ in rows])
+        self._gap.update(
+            torch.tensor([BLINK_SUBTASKS.index(batch.tasks[b]) for b, _ in rows]),
+            correct[index.to(correct.device)],
+            torch.tensor([r for _, r in rows], dtype=torch.bool),
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        for metric in (self._agnosticism, self._gap):
+            if metric is not None:
+                metric.reset()
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, stage: str) -> None:
+        logged: dict[str, float] = {}
+        heat_rows: dict[str, list[float]] = {}
+        if self._agnosticism is not None and self._agnosticism.update_count > 0 and int(self._agnosticism.count) >= 2:
+            result = self._agnosticism.compute()
+            for i, layer in enumerate(self.probe_layers):
+                logged[f"{stage}/agnosticism/layer_{layer}"] = float(result["score"][i])
+                logged[f"{stage}/agnosticism_flagged/layer_{layer}"] = float(result["n_flagged"][i])
+            heat_rows["key_agnosticism"] = [float(v) for v in result["score"]]
+        if self._gap is not None and self._gap.update_count > 0:
+            from vkvtrain.data.blink import BLINK_SUBTASKS
+
+            result = self._gap.compute()
+            for s in (int(i) for i in (self._gap.total > 0).nonzero().flatten()):
+                task = BLINK_SUBTASKS[s]
+                logged[f"{stage}/output_accuracy/{task}"] = float(result["output_accuracy"][s])
+                for i, layer in enumerate(self.probe_layers):
+                    for key in ("gap_all", "probe_accuracy"):
+                        value = float(result[key][s, i])
+                        if not math.isnan(value):
+                            logged[f"{stage}/{key}/{task}/layer_{layer}"] = value
+                heat_rows[f"probe_acc:{task}"] = [float(v) for v in result["probe_accuracy"][s]]
+                heat_rows[f"gap:{task}"] = [float(v) for v in result["gap_all"][s]]
+        for key, value in logged.items():
+            self.log(key, value, sync_dist=False, rank_zero_only=True)
+        if heat_rows:
+            self._log_heatmap(stage, heat_rows)
+
+    def _log_heatmap(self, stage: str, rows: dict[str, list[float]]) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [lg for lg in (self.loggers or []) if isinstance(lg, WandbLogger)]
+        if not loggers or self.global_rank != 0:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = list(rows)
+        grid = torch.tensor([rows[n] for n in names]).T.numpy()  # (layers, tasks)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.5 * len(names), 1.0 + 0.3 * len(self.probe_layers)))
+        image = ax.imshow(grid, aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=6)
+        ax.set_yticks(range(len(self.probe_layers)), [str(i) for i in self.probe_layers], fontsize=6)
+        ax.set_ylabel("layer")
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        for logger in loggers:
+            logger.log_image(key=f"{stage}/layer_task_heatmap", images=[fig], step=self.global_step)
+        plt.close(fig)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        """Trainable tensors only: ``interventions.<i>.<name>``."""
+        return {
+            f"interventions.{i}.{name}": tensor.detach().cpu()
+            for i, iv in enumerate(self.interventions)
+            for name, tensor in iv.trainable_state_dict().items()
+        }
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+        load_intervention_states(list(self.interventions), state_dict)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "recipe": self.recipe,
+            "model": self.model_name,
+            "interventions": [iv.spec() for iv in self.interventions],
+        }
+
+
+def load_intervention_states(interventions: list[Intervention], state: dict[str, torch.Tensor]) -> None:
+    """Split ``interventions.<i>.<name>`` tensors by index and load each intervention's part."""
+    parts: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(len(interventions))}
+    for key, value in state.items():
+        _, index, name = key.split(".", 2)
+        if int(index) not in parts:
+            raise KeyError(f"checkpoint holds tensors of intervention #{index}, the recipe has {len(interventions)}.")
+        parts[int(index)][name] = value
+    for intervention, part in zip(interventions, parts.values()):
+        intervention.load_trainable_state_dict(part)
