@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -112,6 +113,12 @@ def _resolve_source(name_or_path: str) -> tuple[str, bool]:
 def load_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> PretrainedConfig:
     """The config of a model, or a `ModelLoadError` that says where vkvtrain looked and what to do."""
     source, _ = _resolve_source(name_or_path)
+    looks_local = source.startswith(("/", "./", "../", "~")) or Path(source).exists()
+    if looks_local and not (Path(source).expanduser() / "config.json").is_file():
+        raise ModelLoadError(
+            f"{name_or_path!r} is not a model folder (no config.json there); give a folder written by "
+            "save_pretrained, a hub id, or tiny://<family>."
+        )
     try:
         return AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:

@@ -1,0 +1,96 @@
+"""load_mlm: family detection, tiny checkpoints, clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config
+
+from vkvtrain import load_mlm
+from vkvtrain.cli import main as cli_main
+from vkvtrain.errors import ModelLoadError, UnsupportedModelError
+from vkvtrain.models.tiny import build_tiny
+
+MODEL_CLASSES = {
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+}
+
+
+def test_tiny_is_the_real_class_with_its_own_processor(tiny_mlm, family):
+    mlm = tiny_mlm(family)
+    assert type(mlm.model).__name__ == MODEL_CLASSES[family]
+    assert mlm.family == family
+    assert not mlm.model.training  # from_pretrained returns eval mode
+    assert mlm.num_layers == len(mlm.decoder_layers())
+    assert mlm.kv_dim == mlm.decoder_layers()[0].self_attn.k_proj.out_features
+    assert mlm.tokenizer.padding_side == "left"
+    assert mlm.processor.chat_template
+
+
+def test_local_folder_loads_and_matches_tiny(tmp_path, family):
+    folder = build_tiny(family, tmp_path / family)
+    from_folder = load_mlm(str(folder))
+    from_tiny = load_mlm(f"tiny://{family}")
+    assert from_folder.family == family
+    for (name, a), (_, b) in zip(from_folder.model.state_dict().items(), from_tiny.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_tiny_build_is_byte_identical(tmp_path):
+    first = build_tiny("qwen2_5_vl", tmp_path / "a")
+    second = build_tiny("qwen2_5_vl", tmp_path / "b")
+    assert _digest(first) == _digest(second)
+
+
+def test_unknown_family_lists_supported(tmp_path):
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError) as error:
+        load_mlm(str(tmp_path))
+    message = str(error.value)
+    assert "gpt2" in message
+    for supported in MODEL_CLASSES.values():
+        assert supported in message
+
+
+def test_unknown_tiny_family_and_missing_folder():
+    with pytest.raises(UnsupportedModelError, match="tiny://qwen2_5_vl"):
+        load_mlm("tiny://gpt2")
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_mlm("/nonexistent/model/folder")
+
+
+def test_trust_remote_code_is_off_by_default(monkeypatch, tmp_path):
+    seen: list = []
+    import transformers
+
+    original = transformers.AutoConfig.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", spy)
+    load_mlm("tiny://llava_next")
+    assert seen and seen[0] is False and True not in seen
+
+
+def test_dtype_argument(tmp_path):
+    mlm = load_mlm("tiny://llava_onevision", dtype="bfloat16")
+    assert next(mlm.decoder_layers().parameters()).dtype == torch.bfloat16
+
+
+def test_tiny_cli_writes_a_loadable_folder(tmp_path, capsys):
+    assert cli_main(["tiny", "llava_next", "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "config.json").is_file()
+    assert load_mlm(str(tmp_path / "m")).family == "llava_next"
+    assert cli_main(["tiny", "gpt2", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown family" in capsys.readouterr().err

@@ -1,0 +1,5 @@
+import sys
+
+from vkvtrain.cli import main
+
+sys.exit(main())
