@@ -84,10 +84,12 @@ class KVCapture:
     _text_rotary: tuple[torch.Tensor, torch.Tensor] | None = None
     _embeds: torch.Tensor | None = None  # (N, hidden)
     _vision: list[torch.Tensor] = field(default_factory=list)
+    _active: bool = False  # the running forward has image tokens (False during decode steps)
 
     # --- read ------------------------------------------------------------------------------------
     def image(self, layer: int, b: int, i: int) -> ImageKV:
         """Values, keys and pre-RoPE keys of image `i` of batch element `b` at `layer`."""
+        self._check_layer(layer)
         start, stop = self._slice(b, i)
         tokens = {name: self.tokens(name, layer)[start:stop] for name in self._available(layer)}
         return ImageKV(tokens, self.spans[b][i].grid_shape, self.mlm.num_kv_heads)
@@ -115,7 +117,7 @@ class KVCapture:
         if not self._vision:
             raise CaptureError("vision features were not captured; use mlm.capture(..., vision_features=True).")
         flat = sum(len(row) for row in self.spans[:b]) + i
-        return ImageKV({"values": self._vision[flat]}, self.spans[b][i].grid_shape)
+        return ImageKV({"values": self._keep(self._vision[flat])}, self.spans[b][i].grid_shape)
 
     def text(self, layer: int, b: int, pos: int) -> dict[str, torch.Tensor]:
         """values / keys / keys_pre_rope, each (kv_dim,), at a text position named in `text_positions`."""
@@ -217,7 +219,8 @@ def capture(
         if input_ids is None:
             raise CaptureError("capture needs input_ids in the forward (image positions are read from them).")
         is_image = input_ids == mlm.image_token_id
-        if not bool(is_image.any()):
+        kv._active = bool(is_image.any())
+        if not kv._active:
             return  # a decode step: keep what the prefill captured
         runs = image_runs(input_ids, mlm.image_token_id)
         kv.spans = spans_from_runs(mlm, runs, kwargs)
@@ -240,7 +243,7 @@ def capture(
 
     def gather(name: str, layer: int):
         def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
-            if kv._index is None:
+            if not kv._active:
                 return
             kv._store[(name, layer)] = kv._keep(output[kv._index])
             if kv._text_index is not None:
@@ -249,7 +252,7 @@ def capture(
         return hook
 
     def on_attention(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
-        if kv._index is None or kv._rotary is not None:
+        if not kv._active or kv._rotary is not None:
             return
         cos, sin = kwargs["position_embeddings"]  # each (B or 1, L, head_dim)
         kv._rotary = (_at(cos, kv._index), _at(sin, kv._index))
@@ -257,7 +260,7 @@ def capture(
             kv._text_rotary = (_at(cos, kv._text_index), _at(sin, kv._text_index))
 
     def on_first_layer(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if kv._index is None:
+        if not kv._active:
             return
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         kv._embeds = kv._keep(hidden[kv._index])
