@@ -22,7 +22,7 @@ from vkvtrain.interventions.base import Intervention
 from vkvtrain.interventions.key_artifacts import layer_keys, resolve_layers
 from vkvtrain.interventions.quantization import Quantization
 
-CHECKPOINT_KEY = "vkvtrain"
+from vkvtrain.checkpointing import CHECKPOINT_KEY
 
 
 def output_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -37,28 +37,22 @@ def output_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return ok.all(dim=1)
 
 
-def correspondence_probe(kv: Any, batch: TrainBatch, b: int, layer: int) -> bool | None:
-    """Latent answer of a correspondence question from image values at ``layer``, or None if not applicable.
+def latent_probe_correct(kv: Any, batch: TrainBatch, b: int, layers: list[int]) -> torch.Tensor | None:
+    """(n_layers,) bool: the BLINK latent probe (``vkvtrain.evaluation.latent``) on captured image values
+    picks the gold choice of row ``b``; None where no latent probe is defined for the row's task."""
+    from vkvtrain.data.blink import BlinkQuestion, parse_answer
+    from vkvtrain.evaluation.latent import probe_kind, probe_scores
 
-    The question marks REF in image 1 and candidates A, B, ... in image 2 (``batch.points[b]``, coordinates
-    in [0, 1]); the probe picks the candidate whose base-grid value token is most cosine-similar to REF's.
-    """
-    points = batch.points[b]
-    ref = points.get("image_1", {}).get("REF")
-    candidates = points.get("image_2", {})
-    if ref is None or not candidates or len(batch.spans[b]) < 2 or not batch.answers[b]:
+    n_images = len(batch.spans[b])
+    question = BlinkQuestion(
+        idx=str(b), sub_task=batch.tasks[b], question="", prompt="", choices=batch.choices[b],
+        images=[None] * n_images, answer=parse_answer(batch.answers[b]),  # type: ignore[list-item]
+        points={k: {n: tuple(xy) for n, xy in v.items()} for k, v in batch.points[b].items()} or None,
+    )
+    if not question.choices or probe_kind(question) is None or question.answer_index is None:
         return None
-    src, trg = kv.image(layer, b, 0).grid("values"), kv.image(layer, b, 1).grid("values")  # (H, W, D)
-
-    def cell(grid: torch.Tensor, xy: Any) -> torch.Tensor:
-        h, w = grid.shape[:2]
-        return grid[min(int(xy[1] * h), h - 1), min(int(xy[0] * w), w - 1)].float()
-
-    query = torch.nn.functional.normalize(cell(src, ref), dim=0)
-    letters = sorted(candidates)
-    sims = torch.stack([query @ torch.nn.functional.normalize(cell(trg, candidates[k]), dim=0) for k in letters])
-    gold = batch.answers[b].strip().strip("()")
-    return letters[int(sims.argmax())] == gold
+    grids = [torch.stack([kv.image(layer, b, i).grid("values") for layer in layers]).float() for i in range(n_images)]
+    return probe_scores(question, grids).argmax(-1).cpu() == question.answer_index
 
 
 class VKVModule(L.LightningModule):
@@ -211,9 +205,8 @@ class VKVModule(L.LightningModule):
         from vkvtrain.data.blink import BLINK_SUBTASKS
         from vkvtrain.probes.surfacing_gap import SurfacingGap
 
-        rows = [(b, [correspondence_probe(kv, batch, b, layer) for layer in self.probe_layers])
-                for b in range(len(batch))]
-        rows = [(b, r) for b, r in rows if None not in r and batch.tasks[b] in BLINK_SUBTASKS]
+        rows = [(b, latent_probe_correct(kv, batch, b, self.probe_layers)) for b in range(len(batch))]
+        rows = [(b, r) for b, r in rows if r is not None and batch.tasks[b] in BLINK_SUBTASKS]
         if not rows:
             return
         if self._gap is None:
@@ -223,7 +216,7 @@ class VKVModule(L.LightningModule):
         self._gap.update(
             torch.tensor([BLINK_SUBTASKS.index(batch.tasks[b]) for b, _ in rows]),
             correct[index.to(correct.device)],
-            torch.tensor([r for _, r in rows], dtype=torch.bool),
+            torch.stack([r for _, r in rows]),
         )
 
     def on_validation_epoch_start(self) -> None:

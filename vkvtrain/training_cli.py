@@ -1,0 +1,87 @@
+"""`python -m vkvtrain fit|validate|test RECIPE.yaml [overrides]`: LightningCLI over VKVModule + VKVDataModule.
+
+Accepted forms (all end up as LightningCLI arguments):
+    fit recipes/prefix.yaml                      positional recipe (shimmed to ``-c recipes/prefix.yaml``)
+    fit -c recipes/prefix.yaml --trainer.max_steps=5
+    fit recipes/tiny/prefix.yaml trainer.devices=2 trainer.strategy=ddp   bare dotted overrides get ``--``
+    fit recipes/prefix.yaml --print_config
+The recipe is parsed and type-checked before anything is built, so a typo in a key fails at once, naming the
+key, and no model is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lightning.pytorch.cli import LightningCLI
+
+from vkvtrain.errors import VKVError
+
+SUBCOMMANDS = ("fit", "validate", "test")
+_VALUE_OPTIONS = {"-c", "--config", "--ckpt_path"}
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def shim_argv(argv: Sequence[str]) -> list[str]:
+    """Rewrite the vkvtrain conveniences into stock LightningCLI argv.
+
+    ``fit cfg.yaml`` -> ``fit -c cfg.yaml``; ``key.sub=value`` -> ``--key.sub=value``.
+    """
+    out: list[str] = []
+    previous = ""
+    for token in argv:
+        takes_value = previous in _VALUE_OPTIONS or (previous.startswith("--") and "=" not in previous
+                                                       and previous not in ("--print_config",))
+        if not token.startswith("-") and token.endswith((".yaml", ".yml")) and not takes_value:
+            out += ["-c", token]
+        elif not token.startswith("-") and _OVERRIDE.match(token) and not takes_value:
+            out.append("--" + token)
+        else:
+            out.append(token)
+        previous = token
+    return out
+
+
+class VKVCLI(LightningCLI):
+    """LightningCLI that hands the resolved recipe to the module (it is stored in every checkpoint)."""
+
+    def before_instantiate_classes(self) -> None:
+        self._recipe_yaml = self.parser.dump(self.config, skip_none=False, skip_validation=True)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        self.model.recipe = getattr(self, "_recipe_yaml", "")
+
+
+def build_cli(argv: Sequence[str], run: bool = True) -> VKVCLI:
+    from vkvtrain.datamodule import VKVDataModule
+    from vkvtrain.module import VKVModule
+
+    return VKVCLI(
+        VKVModule,
+        VKVDataModule,
+        args=shim_argv(argv),
+        run=run,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"default_env": False},
+        auto_configure_optimizers=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry of ``python -m vkvtrain fit|validate|test``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
+        print(f"usage: python -m vkvtrain {{{','.join(SUBCOMMANDS)}}} RECIPE.yaml [--key=value ...]", file=sys.stderr)
+        return 2
+    try:
+        build_cli(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    except VKVError as error:
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+    return 0
