@@ -12,7 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 from torchmetrics.classification import BinaryJaccardIndex
 
 from vkvtrain.probes import functional as PF
-from tests.helpers_probes import block_mask, planted_feats, shuffled
+from helpers_probes import block_mask, planted_feats, shuffled
 
 
 @pytest.mark.parametrize("balanced", [False, True])

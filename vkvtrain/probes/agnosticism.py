@@ -36,11 +36,11 @@ class KeyInputAgnosticism(LayerwiseMetric):
     higher_is_better = None  # a diagnostic, not a quality score
 
     def __init__(self, num_layers: int, num_positions: int, dim: int, threshold: float | None = None,
-                 rule: Literal["mad"] = "mad", z: float = 3.5, layer_names: Sequence[str] | None = None,
+                 rule: Literal["mad"] = "mad", z: float = 3.5, min_ratio: float = 10.0, layer_names: Sequence[str] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(num_layers, layer_names, **kwargs)
         self.num_positions, self.dim = num_positions, dim
-        self.threshold, self.rule, self.z = threshold, rule, z
+        self.threshold, self.rule, self.z, self.min_ratio = threshold, rule, z, min_ratio
         self.add_state("sum_k", torch.zeros(num_layers, num_positions, dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("sumsq", torch.zeros(num_layers, num_positions, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
@@ -63,5 +63,5 @@ class KeyInputAgnosticism(LayerwiseMetric):
         if int(self.count) < 2:
             raise ValueError("KeyInputAgnosticism needs keys from >= 2 images before compute()")
         agn = PF.agnosticism_from_moments(self.sum_k, self.sumsq, self.count)  # (L, N)
-        flagged = torch.stack([PF.flag_positions(a, self.threshold, self.rule, self.z) for a in agn])
+        flagged = torch.stack([PF.flag_positions(a, self.threshold, self.rule, self.z, self.min_ratio) for a in agn])
         return {"agnosticism": agn, "flagged": flagged, "score": agn.mean(1), "n_flagged": flagged.sum(1)}

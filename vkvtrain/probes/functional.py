@@ -541,13 +541,15 @@ def flag_positions(
     threshold: float | None = None,
     rule: Literal["mad"] = "mad",
     z: float = 3.5,
+    min_ratio: float = 10.0,
 ) -> Tensor:
     """Flag input-agnostic key positions ``(N,)`` -> ``(N,)`` bool.
 
     With ``threshold`` a position is flagged when its agnosticism is ``>= threshold``. Otherwise the
-    calibration ``rule="mad"`` flags robust outliers of the same layer: positions whose
-    ``log(1 - agnosticism)`` (log normalised variance) lies more than ``z`` scaled MADs
-    (``1.4826 * MAD``) below the layer's median.
+    calibration ``rule="mad"`` flags robust outliers of the same layer: positions whose normalised
+    variance ``nu = 1 - agnosticism`` is, in log space, more than ``z`` scaled MADs (``1.4826 * MAD``)
+    below the layer's median AND at least ``min_ratio`` times smaller than the median (the second
+    condition keeps a tight, noise-only spread of ``nu`` from flagging chance outliers).
     """
     a = agnosticism.float()
     if threshold is not None:
@@ -557,4 +559,5 @@ def flag_positions(
     lv = torch.log((1 - a).clamp_min(1e-12))
     med = lv.median()
     mad = (lv - med).abs().median() * 1.4826
-    return lv < med - z * mad.clamp_min(1e-6)
+    margin = torch.maximum(z * mad, torch.tensor(math.log(min_ratio), device=lv.device))
+    return lv < med - margin

@@ -1,0 +1,174 @@
+"""Layer-wise probe metrics: planted answers per layer, shuffled controls, torchmetrics oracles."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest
+import torch
+from torchmetrics.classification import BinaryJaccardIndex
+
+from vkvtrain.probes import (CoSegmentation, FewShotSegmentation, KeyInputAgnosticism, KeypointCorrespondence,
+                             TemporalCorrespondence, TextGroundedSegmentation)
+from vkvtrain.probes import functional as PF
+from helpers_probes import planted_feats, random_box_mask, shuffled
+
+GRID, SCALE = (8, 8), 4
+
+
+def _episode(seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    masks = [random_box_mask(GRID, SCALE, seed * 10 + j) for j in range(4)]
+    return masks, [PF.downsample_mask(m, GRID) >= 0.5 for m in masks]
+
+
+def test_fewshot_metric_planted_layer_beats_shuffled_layer() -> None:
+    metric = FewShotSegmentation(num_layers=2, num_classes=3, upsample="nearest", layer_names=["good", "shuffled"])
+    for ep in range(4):
+        masks, tok = _episode(ep)
+        layers = [planted_feats(t, seed=ep * 5 + j) for j, t in enumerate(tok)]
+        per_image = [torch.stack([f, shuffled(f, seed=j) if j == 3 else f]) for j, f in enumerate(layers)]
+        metric.update(per_image[:3], masks[:3], per_image[3], masks[3], class_id=1 + ep % 2)
+    out = metric.compute()
+    assert out["miou"].shape == (2,) and out["fbiou"].shape == (2,)
+    assert out["miou"][0] == pytest.approx(1.0) and out["fbiou"][0] == pytest.approx(1.0)
+    assert out["miou"][1] < 0.6
+
+
+def test_fewshot_metric_miou_equals_per_class_torchmetrics_jaccard() -> None:
+    metric = FewShotSegmentation(num_layers=1, num_classes=3)
+    oracle = {1: BinaryJaccardIndex(), 2: BinaryJaccardIndex()}
+    fg, bg = BinaryJaccardIndex(), BinaryJaccardIndex()
+    for ep in range(6):
+        masks, tok = _episode(ep)
+        feats = [planted_feats(t, noise=0.8, seed=ep * 5 + j) for j, t in enumerate(tok)]  # noisy: IoU < 1
+        cls = 1 + ep % 2
+        metric.update([f[None] for f in feats[:3]], masks[:3], feats[3][None], masks[3], class_id=cls)
+        pred = PF.fewshot_segment(feats[:3], masks[:3], feats[3], tuple(masks[3].shape))
+        oracle[cls].update(pred.long(), masks[3].long())
+        fg.update(pred.long(), masks[3].long())
+        bg.update((~pred).long(), (~masks[3]).long())
+    out = metric.compute()
+    expected = (oracle[1].compute() + oracle[2].compute()) / 2
+    assert float(out["miou"][0]) == pytest.approx(float(expected), abs=1e-6)
+    assert float(out["miou"][0]) < 0.99
+    assert float(out["fbiou"][0]) == pytest.approx(float((fg.compute() + bg.compute()) / 2), abs=1e-6)
+
+
+def test_fewshot_metric_rejects_wrong_layer_count_and_class() -> None:
+    metric = FewShotSegmentation(num_layers=2, num_classes=3)
+    masks, tok = _episode(0)
+    f = planted_feats(tok[0])[None]
+    with pytest.raises(ValueError, match="num_layers=2"):
+        metric.update([f], masks[:1], f, masks[0], class_id=1)
+    with pytest.raises(ValueError, match="num_classes"):
+        metric.update([f], masks[:1], f, masks[0], class_id=7)
+
+
+def test_coseg_metric_planted_vs_shuffled() -> None:
+    metric = CoSegmentation(num_layers=2, k=2, upsample="nearest")
+    masks, group = [], []
+    for i in range(4):
+        m = torch.zeros(GRID, dtype=torch.bool)
+        m[2 + i % 2:6, 2:6 + i % 2] = True
+        f = planted_feats(m, seed=i)
+        group.append(torch.stack([f, shuffled(f, seed=i)]))
+        masks.append(m.repeat_interleave(SCALE, 0).repeat_interleave(SCALE, 1))
+    metric.update(group, masks)
+    out = metric.compute()
+    assert out["jaccard"][0] == pytest.approx(1.0) and out["precision"][0] == pytest.approx(1.0)
+    assert out["jaccard"][1] < 0.6
+
+
+def test_text_grounding_metric_planted_and_ciou_oracle() -> None:
+    metric = TextGroundedSegmentation(num_layers=2, upsample="nearest")
+    oracle = BinaryJaccardIndex()
+    ious = []
+    for s in range(5):
+        m = random_box_mask(GRID, SCALE, s)
+        tok = PF.downsample_mask(m, GRID) >= 0.5
+        f = planted_feats(tok, seed=s)
+        text = torch.zeros(16)
+        text[1] = 1.0  # points at the foreground direction
+        noisy = f + 0.7 * torch.randn(f.shape, generator=torch.Generator().manual_seed(s))
+        metric.update(torch.stack([text, text]), torch.stack([f, noisy]), m)
+        pred = PF.grounded_mask(PF.text_grounding_scores(text, noisy), tuple(m.shape), mode="nearest")
+        oracle.update(pred.long(), m.long())
+        st = PF.segmentation_stats(pred, m)
+        ious.append(float(st[0] / st[1]))
+    out = metric.compute()
+    assert out["miou"][0] == pytest.approx(1.0) and out["ciou"][0] == pytest.approx(1.0)
+    assert float(out["ciou"][1]) == pytest.approx(float(oracle.compute()), abs=1e-6)
+    assert float(out["miou"][1]) == pytest.approx(sum(ious) / len(ious), abs=1e-6)
+
+
+def test_text_grounding_semantic_mode_needs_class() -> None:
+    metric = TextGroundedSegmentation(num_layers=1, num_classes=4)
+    with pytest.raises(ValueError, match="class_id"):
+        metric.update(torch.zeros(1, 3), torch.zeros(1, 2, 2, 3), torch.zeros(4, 4, dtype=torch.bool))
+
+
+def test_keypoint_metric_identity_pairs_and_shuffled() -> None:
+    metric = KeypointCorrespondence(num_layers=2, alpha=0.1, normalize="bbox")
+    gen = torch.Generator().manual_seed(0)
+    for s in range(3):
+        f = torch.randn(GRID[0], GRID[1], 12, generator=gen)
+        kps = torch.rand(6, 2, generator=gen) * 32
+        # the prediction is a token centre: bbox of 64 px tolerates the 2.9-px worst case within a 4-px cell
+        metric.update(torch.stack([f, f]), torch.stack([f, shuffled(f, seed=s)]), kps, kps, (32, 32), (32, 32),
+                      trg_bbox=(0, 0, 64, 40))
+    out = metric.compute()
+    assert out["pck"][0] == pytest.approx(1.0)
+    assert out["pck"][1] < 0.5
+    with pytest.raises(ValueError, match="trg_bbox"):
+        metric.update(torch.stack([f, f]), torch.stack([f, f]), kps, kps, (32, 32), (32, 32))
+
+
+def test_temporal_metric_planted_clip() -> None:
+    t_len, scale = 5, 8
+    labels = []
+    for t in range(t_len):
+        lab = torch.zeros(GRID, dtype=torch.long)
+        lab[1:4, t:t + 3] = 1
+        lab[5:7, 4:6] = 2
+        labels.append(lab)
+    masks = torch.stack([lab.repeat_interleave(scale, 0).repeat_interleave(scale, 1) for lab in labels])
+    metric = TemporalCorrespondence(num_layers=2, topk=3, upsample="nearest")
+    frames = [torch.stack([planted_feats(lab, seed=t), shuffled(planted_feats(lab, seed=t), seed=t)])
+              for t, lab in enumerate(labels)]
+    metric.update(frames, masks)
+    out = metric.compute()
+    assert out["j"][0] == pytest.approx(1.0) and out["f"][0] == pytest.approx(1.0)
+    assert out["jf"][1] < 0.7
+    assert int(metric.objects) == 2
+
+
+def test_key_agnosticism_metric_flags_planted_positions_per_layer() -> None:
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.randn(3, 12, 40, 8, generator=gen)  # (L, n_images, N, D)
+    keys[1, :, [5, 9]] += 50.0
+    metric = KeyInputAgnosticism(num_layers=3, num_positions=40, dim=8)
+    metric.update(keys[:, :5])
+    metric.update(keys[:, 5:])
+    out = metric.compute()
+    assert out["flagged"].shape == (3, 40)
+    assert out["flagged"][1].nonzero().flatten().tolist() == [5, 9]
+    assert not out["flagged"][0].any() and not out["flagged"][2].any()
+    assert out["n_flagged"].tolist() == [0, 2, 0]
+    assert torch.allclose(out["agnosticism"], torch.stack([PF.input_agnosticism(k) for k in keys]), atol=1e-6)
+    with pytest.raises(ValueError, match="same grid"):
+        metric.update(torch.randn(3, 2, 41, 8))
+
+
+def test_single_layer_results_keep_layer_axis_and_plot(tmp_path) -> None:
+    metric = KeypointCorrespondence(num_layers=1, normalize="image")
+    f = torch.randn(4, 4, 5)
+    kps = torch.tensor([[3.0, 3.0]])
+    metric.update(f[None], f[None], kps, kps, (16, 16), (16, 16))
+    out = metric.compute()
+    assert out["pck"].shape == (1,)
+    fig, ax = metric.plot()
+    fig.savefig(tmp_path / "pck.png")
+    assert (tmp_path / "pck.png").stat().st_size > 0
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0"]
