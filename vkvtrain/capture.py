@@ -167,15 +167,15 @@ class KVCapture:
         return tensor if self.grad else tensor.detach()
 
 
-def _resolve_layers(mlm: MLM, layers: Sequence[int] | None) -> list[int]:
-    n = mlm.num_layers
+def check_layers(layers: Sequence[int] | None, n_layers: int, model_name: str) -> list[int]:
+    """Layer indices (negative count from the end) -> sorted distinct indices in 0..n_layers-1; None = all."""
     if layers is None:
-        return list(range(n))
+        return list(range(n_layers))
     resolved = []
     for layer in layers:
-        if not -n <= int(layer) < n:
-            raise CaptureError(f"layer {layer} does not exist: the LM of {mlm.name} has layers 0..{n - 1}.")
-        resolved.append(int(layer) % n)
+        if not -n_layers <= int(layer) < n_layers:
+            raise CaptureError(f"layer {layer} does not exist: the LM of {model_name} has layers 0..{n_layers - 1}.")
+        resolved.append(int(layer) % n_layers)
     return sorted(set(resolved))
 
 
@@ -208,7 +208,7 @@ def capture(
         text_positions: (batch, position) pairs of text tokens to record too (negative positions count
             from the end of the padded sequence).
     """
-    chosen = _resolve_layers(mlm, layers)
+    chosen = check_layers(layers, mlm.num_layers, mlm.name)
     kv = KVCapture(mlm=mlm, layers=chosen, grad=grad, text_positions=list(text_positions or []))
     model = unwrap_model(mlm.model)
     decoder_layers = mlm.decoder_layers()

@@ -55,13 +55,17 @@ def kv_command(
     from safetensors.torch import save_file
 
     from vkvtrain import Prompt, load_mlm
+    from vkvtrain.capture import check_layers
     from vkvtrain.images import load_image
+    from vkvtrain.models.loading import load_config
 
+    chosen = parse_layers(layers)
     pictures = [load_image(path) for path in images]
     if not pictures:
         raise VKVError("kv needs at least one --image.")
+    n_layers = load_config(model).get_text_config().num_hidden_layers
+    check_layers(chosen, n_layers, model)  # before the weights load
     mlm = load_mlm(model)
-    chosen = parse_layers(layers)
     batch = mlm.encode([Prompt(images=pictures, text=text, prefix=prefix)])
     with torch.no_grad(), mlm.capture(chosen) as kv:
         mlm.model(**batch.inputs)
@@ -124,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one-line errors on stderr, not weight-loading bars
     try:
         if argv and argv[0] in DELEGATED:
             module = importlib.import_module(DELEGATED[argv[0]])

@@ -1,0 +1,1 @@
+"""Datasets: perception probe data, BLINK, training sets, and synthetic generators with exact ground truth."""
