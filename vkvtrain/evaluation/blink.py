@@ -160,16 +160,18 @@ def latent_summary(
     gap_eval: SurfacingGap, gap_select: SurfacingGap, layers: list[int], probes: ProbeOptions, n_model_layers: int
 ) -> dict[str, Any]:
     """Per subtask: the chosen layer and, at it, output/probe accuracy and both gap shares (eval part)."""
-    ev = gap_eval.compute()
-    sel = gap_select.compute()
+    ev = gap_eval.compute() if gap_eval.update_called else None
+    sel = gap_select.compute() if gap_select.update_called else None
     out: dict[str, Any] = {"layer_selection": str(probes.probe_layer), "layers": layers, "subtasks": {}}
     for s, name in enumerate(BLINK_SUBTASKS):
         n = int(gap_eval.total[s])
         if n == 0 and int(gap_select.total[s]) == 0:
             continue
         if probes.probe_layer == "heldout":
-            acc = sel["probe_accuracy"][s]
-            col = None if int(gap_select.total[s]) == 0 else int(torch.nan_to_num(acc, nan=-1.0).argmax())
+            if sel is None or int(gap_select.total[s]) == 0:
+                col = None
+            else:
+                col = int(torch.nan_to_num(sel["probe_accuracy"][s], nan=-1.0).argmax())
         else:
             want = int(probes.probe_layer) % n_model_layers
             if want not in layers:
@@ -177,16 +179,16 @@ def latent_summary(
             col = layers.index(want)
 
         def at(key: str) -> float | None:
-            return None if col is None or n == 0 else float(ev[key][s, col])
+            return None if col is None or ev is None or n == 0 else float(ev[key][s, col])
 
         out["subtasks"][name] = {
             "layer": None if col is None else layers[col],
             "n": n,
             "n_heldout": int(gap_select.total[s]),
-            "output_accuracy": None if n == 0 else float(ev["output_accuracy"][s]),
+            "output_accuracy": None if ev is None or n == 0 else float(ev["output_accuracy"][s]),
             "probe_accuracy": at("probe_accuracy"),
             "gap_all": at("gap_all"),
             "gap_wrong": at("gap_wrong"),
-            "per_layer": {k: ev[k][s].tolist() for k in ("probe_accuracy", "gap_all", "gap_wrong")},
+            "per_layer": {k: ev[k][s].tolist() if ev is not None else None for k in ("probe_accuracy", "gap_all", "gap_wrong")},
         }
     return out

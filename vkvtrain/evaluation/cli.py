@@ -68,18 +68,21 @@ def load_questions(cfg: EvalConfig) -> list[Any]:
     return load_blink(d.subtasks, d.split, hub_id=d.hub_id, revision=d.revision, limit=d.limit)
 
 
-def apply_checkpoint(mlm: Any, ckpt_path: str) -> Any:
-    """Restore a trained checkpoint's interventions into ``mlm`` (vkvtrain.checkpointing.restore_into)."""
+def apply_checkpoint(mlm: Any, ckpt_path: str) -> str | None:
+    """Restore a trained checkpoint's interventions into ``mlm`` (vkvtrain.checkpointing.restore_into).
+
+    Returns the text its interventions need right before the images (a learned prefix's placeholders), or None.
+    """
     if not Path(ckpt_path).exists():
         raise RecipeError(f"ckpt_path {ckpt_path} does not exist")
     try:
-        from vkvtrain.checkpointing import restore_into
+        from vkvtrain.checkpointing import prompt_prefix, restore_into
     except ImportError as error:
         raise RecipeError(
             "--ckpt_path needs vkvtrain.checkpointing.restore_into, which this installation does not provide "
             f"({error}); evaluate the base model, or update vkvtrain"
         ) from error
-    return restore_into(mlm, ckpt_path)
+    return prompt_prefix(restore_into(mlm, ckpt_path))
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
@@ -97,7 +100,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     mlm.model.to(device)
     if cfg.ckpt_path:
-        apply_checkpoint(mlm, cfg.ckpt_path)
+        learned = apply_checkpoint(mlm, cfg.ckpt_path)
+        if learned:  # the learned prefix sits right before the images, after any configured prefix text
+            cfg.prompt.prefix = (cfg.prompt.prefix or "") + learned
     options = EvalOptions(
         mode=cfg.mode, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, prompt=cfg.prompt,
         probes=cfg.probes,
