@@ -103,8 +103,13 @@ class VKVModule(L.LightningModule):
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
-        if self.mlm is not None:
-            return
+        if self.mlm is None:
+            self._build()
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            self.mlm.model.train()
+
+    def _build(self) -> None:
         from vkvtrain.models.loading import load_mlm
 
         mlm = load_mlm(
@@ -122,9 +127,6 @@ class VKVModule(L.LightningModule):
         self.hf_model = mlm.model  # registered so Lightning moves it; its frozen weights are not checkpointed
         self.probe_layers = (resolve_layers(self.probe_layer_spec, mlm.num_layers, "model.probe_layers")
                              if self.probe_layer_spec is not None else list(range(mlm.num_layers)))
-        trainer = self._trainer
-        if trainer is not None and trainer.state.fn == "fit":
-            mlm.model.train()
 
     def collator(self, max_length: int | None = None) -> TrainingCollator:
         """collate_fn for the datamodule: prompts carry the interventions' prefix text before the images."""

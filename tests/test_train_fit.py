@@ -1,0 +1,123 @@
+"""End-to-end fits of a few steps on tiny models: learning, checkpoints, resume, NaN stop, data errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from helpers_train import NaNAfter, blink_source
+from vkvtrain import load_mlm
+from vkvtrain.checkpointing import restore_into
+from vkvtrain.data.training import DataSource, load_rows
+from vkvtrain.datamodule import VKVDataModule
+from vkvtrain.errors import DatasetError, NonFiniteLossError
+from vkvtrain.interventions import LateLoRA, LearnedPrefix
+from vkvtrain.module import VKVModule
+
+
+def _data(batch_size: int = 2) -> VKVDataModule:
+    return VKVDataModule(train=blink_source("train", n=8), val=blink_source("val", n=2), batch_size=batch_size)
+
+
+def _trainer(tmp_path: Path, max_steps: int, every: int | None = None, **kwargs) -> L.Trainer:
+    callbacks = [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=every, save_top_k=-1,
+                                 save_last=True)] if every else []
+    return L.Trainer(
+        accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=bool(every), callbacks=callbacks,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=2,
+        val_check_interval=max_steps, **kwargs,
+    )
+
+
+def test_prefix_fit_lowers_val_loss_and_changes_only_prefix(tmp_path) -> None:
+    L.seed_everything(0)
+    baseline = VKVModule(model="tiny://llava_onevision")
+    base_loss = _trainer(tmp_path, 1).validate(baseline, _data(), verbose=False)[0]["val/loss"]
+    module = VKVModule(model="tiny://llava_onevision", interventions=[LearnedPrefix(num_tokens=4)], learning_rate=0.1)
+    module.configure_model()
+    frozen = {k: v.clone() for k, v in module.mlm.model.state_dict().items()}
+    start = module.interventions[0].vectors.detach().clone()
+    trainer = _trainer(tmp_path, 8)
+    trainer.fit(module, _data())
+    fitted_loss = float(trainer.callback_metrics["val/loss"])
+    assert fitted_loss < base_loss - 0.05
+    assert not torch.equal(module.interventions[0].vectors.detach(), start)
+    assert all(torch.equal(frozen[k], v) for k, v in module.mlm.model.state_dict().items())
+    assert module.mlm.model.training  # put in train mode when fitting
+
+
+def test_checkpoint_is_small_and_restores_into_fresh_mlm(tmp_path) -> None:
+    L.seed_everything(0)
+    module = VKVModule(interventions=[LearnedPrefix(num_tokens=2), LateLoRA(layers=[-1], rank=2)], learning_rate=0.05)
+    _trainer(tmp_path, 2, every=2).fit(module, _data())
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    raw = torch.load(ckpt, weights_only=True)
+    model_bytes = sum(p.numel() * p.element_size() for p in module.mlm.model.parameters())
+    trained_bytes = sum(v.numel() * v.element_size() for v in raw["state_dict"].values())
+    assert set(raw["state_dict"]) == set(module.state_dict())
+    assert trained_bytes * 20 < model_bytes
+    assert [s["class_path"].rsplit(".", 1)[1] for s in raw["vkvtrain"]["interventions"]] == ["LearnedPrefix", "LateLoRA"]
+
+    fresh = load_mlm("tiny://llava_onevision")
+    restored = restore_into(fresh, ckpt)
+    collate = module.collator()
+    batch = collate([module.trainer.datamodule.val_set[0]])
+    module.mlm.model.eval()
+    with torch.no_grad():
+        expected = module.mlm.model(**batch.inputs).logits
+        got = fresh.model(**batch.inputs).logits
+    torch.testing.assert_close(got, expected)
+    assert restored[0].prompt_prefix() == LearnedPrefix(num_tokens=2).prompt_prefix()
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch) -> None:
+    def run(root: Path, steps: int, ckpt: Path | None = None) -> tuple[VKVModule, L.Trainer]:
+        L.seed_everything(0)
+        module = VKVModule(interventions=[LearnedPrefix(num_tokens=2)], learning_rate=0.05)
+        trainer = _trainer(root, steps, every=2)
+        trainer.fit(module, _data(), ckpt_path=ckpt)
+        return module, trainer
+
+    full, full_trainer = run(tmp_path / "a", 6)  # 8 batches per epoch: step 2 is mid-epoch
+    run(tmp_path / "b", 2)  # the "killed" run: its last checkpoint is at step 2
+    resumed, resumed_trainer = run(tmp_path / "c", 6, ckpt=tmp_path / "b" / "ckpt" / "last.ckpt")
+    assert resumed_trainer.global_step == full_trainer.global_step == 6
+    torch.testing.assert_close(resumed.state_dict(), full.state_dict(), rtol=0, atol=0)
+    assert float(resumed_trainer.callback_metrics["val/loss"]) == float(full_trainer.callback_metrics["val/loss"])
+    # control: a loader that forgets its position re-reads the epoch's first batches and ends elsewhere
+    from vkvtrain.datamodule import ResumableDataLoader
+
+    monkeypatch.setattr(ResumableDataLoader, "load_state_dict", lambda self, state: None)
+    naive, _ = run(tmp_path / "d", 6, ckpt=tmp_path / "b" / "ckpt" / "last.ckpt")
+    assert not torch.equal(naive.state_dict()["interventions.0.vectors"], full.state_dict()["interventions.0.vectors"])
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path) -> None:
+    module = VKVModule(interventions=[LearnedPrefix(num_tokens=2), NaNAfter(step=2)], learning_rate=0.05)
+    with pytest.raises(NonFiniteLossError, match="global step 2.*last good checkpoint"):
+        _trainer(tmp_path, 6, every=1).fit(module, _data())
+    kept = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert kept["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values())
+
+
+def test_missing_split_and_column_errors(tmp_path) -> None:
+    import datasets
+
+    folder = tmp_path / "ds"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"question": ["q"], "answer": ["a"], "image": [None]})}
+                         ).save_to_disk(str(folder))
+    with pytest.raises(DatasetError, match=r"no split 'validation'; available: \['train'\]"):
+        load_rows(DataSource(source=str(folder), split="validation"))
+    with pytest.raises(DatasetError, match=r"lacks column\(s\) \['picture'\]"):
+        load_rows(DataSource(source=str(folder), split="train", image_columns=["picture"]))
+    with pytest.raises(DatasetError, match="no parquet file for split 'test'"):
+        (tmp_path / "pq").mkdir()
+        datasets.Dataset.from_dict({"x": [1]}).to_parquet(str(tmp_path / "pq" / "train.parquet"))
+        load_rows(DataSource(source=str(tmp_path / "pq"), split="test"))
+    rows = load_rows(blink_source("train", n=1, subtasks="Counting"))
+    assert len(rows) == 1 and rows[0]["answer"].startswith("(")
