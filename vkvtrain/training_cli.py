@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,15 +61,18 @@ def build_cli(argv: Sequence[str], run: bool = True) -> VKVCLI:
     from vkvtrain.datamodule import VKVDataModule
     from vkvtrain.module import VKVModule
 
-    return VKVCLI(
-        VKVModule,
-        VKVDataModule,
-        args=shim_argv(argv),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
-        auto_configure_optimizers=False,
-    )
+    with warnings.catch_warnings():
+        # argv arrives already parsed by vkvtrain.cli; Lightning warns when args and sys.argv differ.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        return VKVCLI(
+            VKVModule,
+            VKVDataModule,
+            args=shim_argv(argv),
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"default_env": False},
+            auto_configure_optimizers=False,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,48 @@
+"""The fit/validate/test entry: positional recipe shim, overrides, typo errors before any model loads."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from helpers_train import TINY_PREFIX, tiny_recipe
+from vkvtrain.training_cli import main, shim_argv
+
+
+def test_shim_argv() -> None:
+    assert shim_argv(["fit", "r.yaml", "trainer.devices=2", "--model.learning_rate=1"]) == [
+        "fit", "-c", "r.yaml", "--trainer.devices=2", "--model.learning_rate=1"]
+    assert shim_argv(["fit", "-c", "r.yaml", "--ckpt_path", "last.ckpt"]) == ["fit", "-c", "r.yaml", "--ckpt_path", "last.ckpt"]
+    assert shim_argv(["validate", "--config", "a.yml"]) == ["validate", "--config", "a.yml"]
+
+
+def test_positional_and_dash_c_resolve_to_the_same_recipe(capsys) -> None:
+    outputs = []
+    for argv in (["fit", str(TINY_PREFIX)], ["fit", "-c", str(TINY_PREFIX)]):
+        assert main([*argv, "trainer.max_steps=7", "--model.learning_rate=0.3", "--print_config"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1]
+    config = yaml.safe_load(outputs[0])
+    assert config["trainer"]["max_steps"] == 7 and config["model"]["learning_rate"] == 0.3
+    assert config["model"]["interventions"][0]["init_args"]["num_tokens"] == 4
+
+
+@pytest.mark.parametrize("key, typo", [("model.learning_rate", "lerning_rate"), ("num_tokens", "num_tokns"),
+                                        ("data.batch_size", "batchsize")])
+def test_recipe_typo_fails_before_model_loads_naming_the_key(tmp_path, capsys, monkeypatch, key, typo) -> None:
+    import vkvtrain.models.loading as loading
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the recipe was validated")
+
+    monkeypatch.setattr(loading, "load_mlm", no_load)
+    text = tiny_recipe(tmp_path).read_text().replace(key.rsplit(".", 1)[-1] + ":", typo + ":", 1)
+    assert typo in text
+    (tmp_path / "typo.yaml").write_text(text)
+    assert main(["fit", str(tmp_path / "typo.yaml")]) == 2
+    assert typo in capsys.readouterr().err
+
+
+def test_unknown_subcommand_usage(capsys) -> None:
+    assert main(["train", "x.yaml"]) == 2
+    assert "fit,validate,test" in capsys.readouterr().err
