@@ -1,0 +1,31 @@
+"""Shared helpers for the BLINK tests: a naive full-forward choice scorer used as the oracle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vkvtrain import Prompt
+from vkvtrain.data.blink import BlinkQuestion
+from vkvtrain.evaluation.protocol import PromptProtocol
+
+
+@torch.no_grad()
+def naive_choice_scores(mlm: Any, q: BlinkQuestion, protocol: PromptProtocol) -> list[float]:
+    """One unpadded full forward of images + prompt + continuation per choice; summed continuation log-prob."""
+    scores = []
+    for text in protocol.continuations(q):
+        batch = mlm.encode([Prompt(images=list(q.images), text=protocol.text(q), prefix=protocol.prefix)])
+        cont = torch.tensor([mlm.tokenizer(text, add_special_tokens=False)["input_ids"]])
+        T = cont.shape[1]
+        inputs = dict(batch.inputs)
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], cont], 1)
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        if "mm_token_type_ids" in inputs:  # text tokens are type 0
+            extra = torch.zeros(1, T, dtype=inputs["mm_token_type_ids"].dtype)
+            inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], 1)
+        logp = mlm.model(**inputs).logits[0, -T - 1 : -1].float().log_softmax(-1)  # (T, V)
+        score = float(logp.gather(1, cont[0][:, None]).sum())
+        scores.append(score / T if protocol.length_norm == "mean" else score)
+    return scores

@@ -1,0 +1,84 @@
+"""`python -m vkvtrain evaluate`: end to end on the synthetic set, config errors, trained checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vkvtrain.data.blink import BLINK_SUBTASKS
+from vkvtrain.data.synthetic_blink import write_synthetic_blink
+from vkvtrain.evaluation.cli import main, parse_config
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "eval" / "blink.yaml")
+
+
+def _read(out: Path) -> tuple[dict, list[dict], str]:
+    res = json.loads((out / "results.json").read_text())
+    recs = [json.loads(x) for x in (out / "responses.jsonl").read_text().splitlines()]
+    return res, recs, (out / "results.md").read_text()
+
+
+def test_tiny_evaluation_over_all_14_subtasks_from_local_folder(tmp_path: Path, capsys) -> None:
+    root = write_synthetic_blink(tmp_path / "blink", n_per_subtask=1, seed=0, image_size=32)
+    out = tmp_path / "out"
+    rc = main(["evaluate", CONFIG, "--model", "tiny://llava_onevision", "--data.root", str(root),
+               "--output_dir", str(out), "--probes.probe_layer", "-1", "--batch_size", "5"])
+    assert rc == 0, capsys.readouterr().err
+    res, recs, md = _read(out)
+    assert list(res["subtasks"]) == list(BLINK_SUBTASKS)
+    assert all(v["n"] == 1 and v["invalid"] == 0.0 for v in res["subtasks"].values())  # likelihood: always valid
+    assert len(recs) == 14 and all(r["prediction"] == "ABCD"[max(range(len(r["scores"])), key=r["scores"].__getitem__)] for r in recs)
+    accs = [v["accuracy"] for v in res["subtasks"].values()]
+    assert res["macro"] == pytest.approx(sum(accs) / 14) and res["micro"] == pytest.approx(sum(r["correct"] for r in recs) / 14)
+    # probes: pooled subtasks and, thanks to the carried points, the three correspondence subtasks
+    assert set(res["latent"]["subtasks"]) == {"Art_Style", "Visual_Similarity", "Functional_Correspondence",
+                                              "Semantic_Correspondence", "Visual_Correspondence"}
+    assert all(v["layer"] == 3 for v in res["latent"]["subtasks"].values())  # tiny model: 4 layers, -1 -> 3
+    assert "| Jigsaw | 1 |" in md and "Latent vs output" in md
+
+
+def test_generate_mode_on_synthetic_source(tmp_path: Path) -> None:
+    out = tmp_path / "gen"
+    rc = main([CONFIG, "--model", "tiny://llava_next", "--data.source", "synthetic", "--data.synthetic_n", "2",
+               "--data.subtasks", '["Counting", "Art_Style"]', "--mode", "generate", "--max_new_tokens", "4",
+               "--output_dir", str(out), "--probes.enabled", "false", "--progress", "false"])
+    assert rc == 0
+    res, recs, _ = _read(out)
+    assert res["mode"] == "generate" and "latent" not in res
+    assert len(recs) == 4 and all(isinstance(r["response"], str) for r in recs)
+    # invalid rate = share of responses the strict parser could not read (a random tiny model babbles)
+    from vkvtrain.evaluation.blink import parse_choice
+
+    for name in ("Counting", "Art_Style"):
+        rs = [r for r in recs if r["sub_task"] == name]
+        assert res["subtasks"][name]["invalid"] == sum(parse_choice(r["response"], r["n_choices"]) is None for r in rs) / 2
+
+
+def test_unknown_keys_and_bad_values_fail_naming_them(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny://llava_onevision\ndata:\n  source: synthetic\n  bogus_key: 1\n")
+    assert main([str(bad)]) == 2
+    assert "bogus_key" in capsys.readouterr().err
+    bad.write_text("model: tiny://llava_onevision\nbatchsize: 3\n")
+    assert main([str(bad)]) == 2
+    assert "batchsize" in capsys.readouterr().err
+    assert main([CONFIG, "--prompt.continuation", "word"]) == 2
+    assert "prompt.continuation" in capsys.readouterr().err
+    assert main([CONFIG, "--probes.probe_layer", "best"]) == 2
+    assert "heldout" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_config_overrides_and_missing_data(tmp_path: Path, capsys) -> None:
+    cfg = parse_config(["evaluate", CONFIG, "--model", "tiny://qwen2_5_vl", "--data.root", "/x", "--probes.probe_layer", "2"])
+    assert cfg.model == "tiny://qwen2_5_vl" and cfg.data.root == "/x" and cfg.probes.probe_layer == 2
+    assert cfg.prompt.pre_prompt.startswith("Note: You only need to respond with {} without")
+    write_synthetic_blink(tmp_path / "d", 1, subtasks=["Counting"])
+    assert main([CONFIG, "--data.root", str(tmp_path / "d"), "--data.subtasks", '["Jigsaw"]']) == 2
+    assert "Jigsaw" in capsys.readouterr().err
+    assert main([CONFIG, "--model", "tiny://llava_onevision", "--data.source", "synthetic",
+                 "--ckpt_path", str(tmp_path / "none.ckpt")]) == 2
+    assert "none.ckpt" in capsys.readouterr().err
