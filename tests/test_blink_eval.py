@@ -82,3 +82,47 @@ def test_config_overrides_and_missing_data(tmp_path: Path, capsys) -> None:
     assert main([CONFIG, "--model", "tiny://llava_onevision", "--data.source", "synthetic",
                  "--ckpt_path", str(tmp_path / "none.ckpt")]) == 2
     assert "none.ckpt" in capsys.readouterr().err
+
+
+def test_trained_checkpoint_is_evaluated_with_its_interventions(tmp_path: Path) -> None:
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from helpers_train import blink_source
+    from vkvtrain.checkpointing import prompt_prefix
+    from vkvtrain.data.synthetic_blink import synthetic_blink_questions
+    from vkvtrain.datamodule import VKVDataModule
+    from vkvtrain.evaluation.blink import EvalOptions, ProbeOptions, evaluate_blink
+    from vkvtrain.evaluation.protocol import PromptProtocol
+    from vkvtrain.interventions import LearnedPrefix
+    from vkvtrain.module import VKVModule
+
+    L.seed_everything(0)
+    module = VKVModule(model="tiny://llava_onevision", interventions=[LearnedPrefix(num_tokens=2)], learning_rate=0.5)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)],
+    )
+    trainer.fit(module, VKVDataModule(train=blink_source("train", n=2), val=blink_source("val", n=1), batch_size=2))
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+
+    subtasks = '["Counting", "Visual_Similarity"]'
+    args = [CONFIG, "--model", "tiny://llava_onevision", "--data.source", "synthetic", "--data.synthetic_n", "2",
+            "--data.subtasks", subtasks, "--progress", "false", "--probes.probe_layer", "0"]
+    assert main([*args, "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "trained")]) == 0
+    assert main([*args, "--output_dir", str(tmp_path / "base")]) == 0
+    _, trained, _ = _read(tmp_path / "trained")
+    _, base, _ = _read(tmp_path / "base")
+
+    # Oracle: the fitted in-memory model, prompted with its learned prefix, gives the same scores.
+    module.mlm.model.eval()
+    qs = synthetic_blink_questions(2, 0, ["Counting", "Visual_Similarity"])
+    opts = EvalOptions(prompt=PromptProtocol(prefix=prompt_prefix(module.interventions)), probes=ProbeOptions(probe_layer=0))
+    expected, _ = evaluate_blink(module.mlm, qs, opts, progress=False)
+    def flat(recs: list[dict]) -> torch.Tensor:
+        return torch.tensor([s for r in recs for s in r["scores"]])
+
+    torch.testing.assert_close(flat(trained), flat(expected))
+    assert (flat(trained) - flat(base)).abs().max() > 1e-3  # the learned prefix changed the answers' scores
