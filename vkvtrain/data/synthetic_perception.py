@@ -79,6 +79,7 @@ def shape_sample(size: int, rng: random.Random, kind: str, image_id: str, text: 
 
 class _Generator:
     task = ""
+    num_classes = len(SHAPES) + 1
 
     def __init__(self, n: int = 8, size: int = 64, seed: int = 0) -> None:
         self.n, self.size, self.seed = n, size, seed

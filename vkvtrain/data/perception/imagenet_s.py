@@ -25,10 +25,11 @@ class ImageNetS:
 
     The class id is the most frequent non-background, non-ignore label of the mask (ImageNet-S images
     hold one main class); ``text`` is its class name (first synonym of the names file, else the wnid).
-    Pixels labelled 1000 are ``ignore``. Metrics should use ``num_classes=1000``.
+    Pixels labelled 1000 are ``ignore``. Metrics should use ``num_classes=1001`` (``self.num_classes``).
     """
 
     task = "semantic"
+    num_classes = IGNORE_ID + 1
 
     def __init__(self, root: str | Path, split: str = "validation", names_file: str | Path | None = None,
                  limit: int | None = None) -> None:

@@ -23,6 +23,7 @@ class MSRCCoseg:
     """One :class:`CosegGroup` per class folder (sorted), images paired with their GroundTruth masks."""
 
     task = "coseg"
+    num_classes = 2
 
     def __init__(self, root: str | Path, groups: list[str] | None = None, max_images: int | None = None,
                  limit: int | None = None) -> None:

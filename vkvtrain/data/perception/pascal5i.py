@@ -38,6 +38,7 @@ class Pascal5i:
     """
 
     task = "fewshot"
+    num_classes = len(VOC_CLASSES)
 
     def __init__(self, root: str | Path, fold: int = 0, split: str = "val", shots: int = 5,
                  fold_list: str | Path | None = None, seed: int = 0, limit: int | None = None) -> None:

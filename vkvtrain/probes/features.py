@@ -1,0 +1,126 @@
+"""Per-image token grids from an MLM (and baselines), one grid per probe row.
+
+Rows, in order: ``"embeds"`` (the LM input embeddings at the image positions = the projector's output,
+the paper's *layer 0*), ``"<l>"`` for each captured LM layer ``l`` (that layer's image value tokens, the
+transformers layer index), ``"vision"`` (the MLM's own vision tower patch features, pre-projector) and
+``"encoder"`` (an un-finetuned encoder loaded separately, :class:`~vkvtrain.probes.encoder.VisionEncoder`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from vkvtrain.errors import CaptureError
+from vkvtrain.prompts import Prompt
+
+if TYPE_CHECKING:
+    from vkvtrain.models.loading import MLM
+    from vkvtrain.probes.encoder import VisionEncoder
+
+
+@dataclass
+class ImageFeatures:
+    """One image's grids ``rows[name]`` ``(h, w, D_row)``, text values ``text[name]`` ``(D_row,)`` for
+    rows that have them (embeds and layers, when a text was given) and image keys ``keys[l]`` ``(N, kv_dim)``
+    (the whole span, post-RoPE) when asked for."""
+
+    rows: dict[str, Tensor]
+    text: dict[str, Tensor] = field(default_factory=dict)
+    keys: dict[int, Tensor] = field(default_factory=dict)
+
+
+def row_names(layers: Sequence[int], sources: Sequence[str], encoder: bool) -> list[str]:
+    """Probe rows for ``layers`` and ``sources`` (subset of embeds / layers / vision) in table order."""
+    rows = ["embeds"] if "embeds" in sources else []
+    rows += [str(layer) for layer in layers] if "layers" in sources else []
+    rows += ["vision"] if "vision" in sources else []
+    return rows + (["encoder"] if encoder else [])
+
+
+def last_text_position(mlm: MLM, input_ids: Tensor, row: int, after: int) -> int:
+    """Position of the question text's last token in ``input_ids[row]``: the token before the last turn end.
+
+    The family templates render ``... <image> text <turn_end> <assistant header>``, so the last turn-end
+    token closes the user turn; ``after`` (the image span's stop) guards against an empty text.
+    """
+    end_id = mlm.tokenizer(mlm.adapter.turn_end, add_special_tokens=False)["input_ids"][0]
+    hits = (input_ids[row] == end_id).nonzero().flatten()
+    if hits.numel() == 0 or int(hits[-1]) - 1 < after:
+        raise CaptureError(f"no question text after the image in row {row}; give the probe a non-empty text")
+    return int(hits[-1]) - 1
+
+
+class FeatureExtractor:
+    """Runs the MLM on one-image prompts and returns :class:`ImageFeatures` per image.
+
+    Args:
+        layers: LM layers to read (None = all). sources: which of "embeds", "layers", "vision".
+        encoder: optional baseline encoder. batch_size: images per forward.
+    """
+
+    def __init__(self, mlm: MLM, layers: Sequence[int] | None = None,
+                 sources: Sequence[str] = ("embeds", "layers", "vision"), encoder: VisionEncoder | None = None,
+                 batch_size: int = 8) -> None:
+        unknown = set(sources) - {"embeds", "layers", "vision"}
+        if unknown:
+            raise ValueError(f"unknown feature sources {sorted(unknown)}; choose from embeds, layers, vision")
+        self.mlm, self.encoder, self.batch_size = mlm, encoder, batch_size
+        self.layers = list(range(mlm.num_layers)) if layers is None else [int(x) % mlm.num_layers for x in layers]
+        self.sources = list(sources)
+        self.rows = row_names(self.layers, self.sources, encoder is not None)
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[Image.Image], texts: Sequence[str] | None = None,
+                 prefixes: Sequence[str | None] | None = None, keys: bool = False) -> list[ImageFeatures]:
+        """Features of each image, prompted with ``prefix`` before and ``text`` after the image."""
+        out: list[ImageFeatures] = []
+        for start in range(0, len(images), self.batch_size):
+            stop = start + self.batch_size
+            out += self._batch(images[start:stop], None if texts is None else texts[start:stop],
+                               None if prefixes is None else prefixes[start:stop], keys)
+        if self.encoder is not None:
+            for feats, grid in zip(out, self.encoder(images)):
+                feats.rows["encoder"] = grid
+        return out
+
+    def _batch(self, images: Sequence[Image.Image], texts: Sequence[str] | None,
+               prefixes: Sequence[str | None] | None, keys: bool) -> list[ImageFeatures]:
+        mlm = self.mlm
+        prompts = [Prompt(images=[im], text=texts[i] if texts else "",
+                          prefix=prefixes[i] if prefixes else None) for i, im in enumerate(images)]
+        batch = mlm.encode(prompts).to(mlm.device)
+        ids = batch.input_ids
+        text_pos = [last_text_position(mlm, ids, b, batch.spans[b][0].stop) for b in range(len(images))] if texts else []
+        use_layers = "layers" in self.sources or keys
+        with mlm.capture(layers=self.layers if use_layers else [], keys=keys, values=True,
+                         input_embeds="embeds" in self.sources, vision_features="vision" in self.sources,
+                         text_positions=[(b, p) for b, p in enumerate(text_pos)]) as kv:
+            mlm.model(**batch.inputs)
+        embed_table = mlm.model.get_input_embeddings()
+        result = []
+        for b in range(len(images)):
+            feats = ImageFeatures(rows={})
+            if "embeds" in self.sources:
+                feats.rows["embeds"] = kv.embeds(b, 0).grid("values").float()
+                if texts:
+                    feats.text["embeds"] = embed_table(ids[b, text_pos[b]]).float()
+            for layer in self.layers if "layers" in self.sources else []:
+                img = kv.image(layer, b, 0)
+                feats.rows[str(layer)] = img.grid("values").float()
+                if texts:
+                    feats.text[str(layer)] = kv.text(layer, b, text_pos[b])["values"].float()
+            if keys:
+                feats.keys = {layer: kv.image(layer, b, 0).keys.float() for layer in self.layers}
+            if "vision" in self.sources:
+                vis = kv.vision(b, 0)
+                h, w = vis.grid_shape
+                if vis.values.shape[0] != h * w:
+                    raise CaptureError(f"vision features hold {vis.values.shape[0]} tokens for a {h}x{w} grid")
+                feats.rows["vision"] = vis.values.reshape(h, w, -1).float()
+            result.append(feats)
+        return result
