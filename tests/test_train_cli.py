@@ -46,3 +46,28 @@ def test_recipe_typo_fails_before_model_loads_naming_the_key(tmp_path, capsys, m
 def test_unknown_subcommand_usage(capsys) -> None:
     assert main(["train", "x.yaml"]) == 2
     assert "fit,validate,test" in capsys.readouterr().err
+
+
+def test_every_recipe_parses_without_loading(capsys, monkeypatch) -> None:
+    from helpers_train import REPO
+
+    import vkvtrain.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_mlm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))
+    recipes = sorted((REPO / "recipes").glob("**/*.yaml"))
+    assert {p.name for p in recipes} >= {"prefix.yaml", "key_artifact.yaml", "late_lora.yaml", "qlora.yaml",
+                                         "prefix_ddp.yaml"}
+    for recipe in recipes:
+        assert main(["fit", str(recipe), "--print_config"]) == 0, recipe
+        config = yaml.safe_load(capsys.readouterr().out)
+        assert config["model"]["interventions"], recipe
+
+
+@pytest.mark.parametrize("name", ["key_artifact", "late_lora", "qlora", "blocking"])
+def test_other_tiny_recipes_fit_one_step(tmp_path, name) -> None:
+    from helpers_train import REPO
+
+    recipe = REPO / "recipes" / "tiny" / f"{name}.yaml"
+    assert main(["fit", str(recipe), "--trainer.logger=false", "trainer.max_steps=1", "trainer.val_check_interval=1",
+                 "trainer.limit_val_batches=1", f"trainer.default_root_dir={tmp_path}",
+                 "--trainer.callbacks=[]", "trainer.enable_checkpointing=false"]) == 0

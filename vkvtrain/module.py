@@ -68,6 +68,7 @@ class VKVModule(L.LightningModule):
         probe_layers: LM layers probed during validation (negative counts from the end); None = all.
         agnosticism_threshold: flag key positions with input-agnosticism >= this (None: per-layer MAD rule).
         gradient_checkpointing: trade compute for memory on real models.
+        calibration_batches: validation batches used by interventions that calibrate on data.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class VKVModule(L.LightningModule):
         probe_layers: list[int] | None = None,
         agnosticism_threshold: float | None = None,
         gradient_checkpointing: bool = False,
+        calibration_batches: int = 2,
     ) -> None:
         super().__init__()
         self.model_name = model
@@ -94,6 +96,7 @@ class VKVModule(L.LightningModule):
         self.probe_layer_spec = probe_layers
         self.agnosticism_threshold = agnosticism_threshold
         self.gradient_checkpointing = gradient_checkpointing
+        self.calibration_batches = calibration_batches
         self.recipe: str = ""  # the resolved recipe (YAML), filled in by the CLI
         self.mlm: Any = None
         self.probe_layers: list[int] = []
@@ -112,10 +115,12 @@ class VKVModule(L.LightningModule):
     def _build(self) -> None:
         from vkvtrain.models.loading import load_mlm
 
+        device = self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         mlm = load_mlm(
             self.model_name, dtype=self.dtype_name, attn_implementation=self.attn_implementation,
             quantization=self.quantization.to_bnb_config() if self.quantization else None,
-            device_map={"": self.device.index or 0} if self.quantization and self.device.type == "cuda" else None,
+            # bitsandbytes weights are quantized while loading onto their device
+            device_map={"": device} if self.quantization and device.type == "cuda" else None,
         )
         mlm.model.requires_grad_(False)
         if self.gradient_checkpointing:
@@ -220,6 +225,38 @@ class VKVModule(L.LightningModule):
             correct[index.to(correct.device)],
             torch.stack([r for _, r in rows]),
         )
+
+    # ------------------------------------------------------------------ calibration
+    def _calibrate(self) -> None:
+        """Interventions that choose their positions from data (attention blocking without ``positions``)
+        calibrate on up to ``calibration_batches`` validation batches (training batches if no val split)."""
+        pending = [iv for iv in self.interventions if getattr(iv, "needs_calibration", False)]
+        if not pending:
+            return
+        datamodule = self.trainer.datamodule
+        loader = datamodule.val_dataloader() if getattr(datamodule, "val_set", None) is not None \
+            else datamodule.train_dataloader()
+        batches = []
+        for batch in loader:
+            batches.append(batch.to(self.device))
+            if len(batches) >= self.calibration_batches:
+                break
+        was_training = self.mlm.model.training
+        self.mlm.model.eval()
+        for intervention in pending:
+            chosen = intervention.calibrate(self.mlm, batches)
+            self.print(f"{type(intervention).__name__}: calibrated positions {chosen}")
+        self.mlm.model.train(was_training)
+
+    def on_fit_start(self) -> None:
+        self._calibrate()
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn != "fit":
+            self._calibrate()
+
+    def on_test_start(self) -> None:
+        self._calibrate()
 
     def on_validation_epoch_start(self) -> None:
         for metric in (self._agnosticism, self._gap):
