@@ -49,12 +49,13 @@ def test_images_and_prompt_encoded_once(tiny_mlm) -> None:
         proj.remove()
         lm.remove()
     L = mlm.encode(prompts_for(qs, PromptProtocol())).input_ids.shape[1]
-    n_rows = sum(q.n_choices for q in qs)
-    longest = max(len(f"(A) {c}") for q in qs for c in q.choices)  # byte-level tokenizer: 1 token per byte
+    n_choices = max(q.n_choices for q in qs)
+    # byte-level tokenizer: one token per byte; choice c's pass runs the longest "(X) text" minus its last token
+    longest = [max(len(f"(A) {q.choices[c]}") for q in qs if c < q.n_choices) - 1 for c in range(n_choices)]
     assert calls["projector"] == 1  # all images of the batch encoded in one pass
-    assert calls["lm"] == 2  # one prefill + one continuation pass
+    assert calls["lm"] == 1 + n_choices  # one prefill, then one continuation pass per choice index
     assert calls["lm_tokens"][0] == (len(qs), L)
-    assert calls["lm_tokens"][1] == (n_rows, longest - 1)  # only continuation tokens, never the prompt again
+    assert calls["lm_tokens"][1:] == [(len(qs), t) for t in longest]  # only continuation tokens, never the prompt
 
 
 def test_probe_values_from_cache_equal_capture(tiny_mlm, family) -> None:

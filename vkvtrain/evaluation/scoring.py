@@ -2,9 +2,9 @@
 
 Likelihood mode encodes images + prompt of B questions once (one forward, ``use_cache=True``). The
 next-token logits of that prefill score each choice's first continuation token. Multi-token
-continuations then reuse the prefill cache: its rows are gathered per choice (``batch_select_indices``,
-row r = question q(r)) and only the continuation tokens are run, so the images and prompt are never
-encoded again.
+continuations then reuse the prefill cache: for each choice index, only the continuation tokens of the
+B questions run on the cache, which is cropped back to the prompt afterwards, so the images and prompt are
+never encoded again and the cache is never copied.
 
 Both modes call ``on_prefill(batch, cache)`` with the prompt's KV cache (DynamicCache, layers' values
 (B, n_kv_heads, L, head_dim)) before anything else touches it; the latent probes read image value tokens
@@ -74,55 +74,51 @@ def score_choices(
     cache = out.past_key_values
     if on_prefill is not None:
         on_prefill(batch, cache)
-    first_logp = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
+    first_logp = out.logits[:, -1].float().log_softmax(-1).cpu()  # (B, V)
 
-    conts: list[list[int]] = []
-    rows: list[int] = []
-    for b, q in enumerate(questions):
-        for text in protocol.continuations(q):
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            if not ids:
-                raise ValueError(f"continuation {text!r} tokenizes to nothing")
-            conts.append(ids)
-            rows.append(b)
-    row_t = torch.tensor(rows, device=first_logp.device)
-    R, T = len(conts), max(len(c) for c in conts)
-    logp = torch.zeros(R, dtype=torch.float64)
-    firsts = torch.tensor([c[0] for c in conts], device=first_logp.device)
-    logp += first_logp[row_t, firsts].double().cpu()
+    # conts[b][c]: token ids of choice c's continuation for question b
+    conts: list[list[list[int]]] = []
+    for q in questions:
+        ids = [tok(text, add_special_tokens=False)["input_ids"] for text in protocol.continuations(q)]
+        if not all(ids):
+            raise ValueError(f"a continuation of {q.idx} tokenizes to nothing: {protocol.continuations(q)}")
+        conts.append(ids)
+    logp = [[float(first_logp[b, c[0]]) for c in cs] for b, cs in enumerate(conts)]
 
-    if T > 1:
-        # Rest of each continuation from the cached prefix: rows gathered per choice, only T-1 new tokens.
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.full((R, T - 1), pad, dtype=torch.long)
-        mask = torch.zeros(R, T - 1, dtype=torch.long)
-        for r, c in enumerate(conts):
-            ids[r, : len(c) - 1] = torch.tensor(c[:-1])
-            mask[r, : len(c) - 1] = 1
-        prefix_mask = batch.inputs["attention_mask"]
-        cache.batch_select_indices(row_t.to(prefix_mask.device))
+    B = len(questions)
+    prefix_mask = batch.inputs["attention_mask"]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for choice in range(max(len(cs) for cs in conts)):
+        # Tokens 1.. of choice `choice` for every question, run on the prefill cache (batch rows unchanged,
+        # so intervention hooks keep their per-row state); the cache is cropped back to the prompt after.
+        rest = [cs[choice][:-1] if choice < len(cs) else [] for cs in conts]  # inputs predicting tokens 1..
+        T = max(len(r) for r in rest)
+        if T == 0:
+            continue
+        ids = torch.full((B, T), pad, dtype=torch.long)
+        mask = torch.zeros(B, T, dtype=prefix_mask.dtype)
+        for b, r in enumerate(rest):
+            ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[b, : len(r)] = 1
         kwargs: dict[str, Any] = dict(
             input_ids=ids.to(mlm.device),
-            attention_mask=torch.cat([prefix_mask[row_t.to(prefix_mask.device)], mask.to(prefix_mask.device)], 1),
+            attention_mask=torch.cat([prefix_mask, mask.to(prefix_mask.device)], 1),
             past_key_values=cache,
             use_cache=True,
         )
-        pos = _continuation_position_ids(mlm.model, prefix_mask, row_t, T - 1)
+        pos = _continuation_position_ids(mlm.model, prefix_mask, torch.arange(B), T)
         if pos is not None:
             kwargs["position_ids"] = pos
-        step_logp = mlm.model(**kwargs).logits.float().log_softmax(-1).cpu()  # (R, T-1, V)
-        for r, c in enumerate(conts):
-            for t in range(1, len(c)):
-                logp[r] += float(step_logp[r, t - 1, c[t]])
+        step_logp = mlm.model(**kwargs).logits.float().log_softmax(-1).cpu()  # (B, T, V)
+        cache.crop(-T)
+        for b, cs in enumerate(conts):
+            if choice < len(cs):
+                c = cs[choice]
+                logp[b][choice] += float(sum(step_logp[b, t - 1, c[t]] for t in range(1, len(c))))
 
     if protocol.length_norm == "mean":
-        logp /= torch.tensor([len(c) for c in conts], dtype=torch.float64)
-    answers: list[Answer] = []
-    k = 0
-    for q in questions:
-        answers.append(Answer(scores=logp[k : k + q.n_choices].tolist()))
-        k += q.n_choices
-    return answers
+        logp = [[v / len(c) for v, c in zip(row, cs)] for row, cs in zip(logp, conts)]
+    return [Answer(scores=row) for row in logp]
 
 
 @torch.no_grad()
