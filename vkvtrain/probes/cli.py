@@ -75,6 +75,8 @@ def run(cfg: ProbeConfig) -> dict[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vkvtrain probe``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "probe":  # vkvtrain.cli passes the subcommand along
+        argv = argv[1:]
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 @dataclass
 class ImageFeatures:
     """One image's grids ``rows[name]`` ``(h, w, D_row)``, text values ``text[name]`` ``(D_row,)`` for
-    rows that have them (embeds and layers, when a text was given) and image keys ``keys[l]`` ``(N, kv_dim)``
-    (the whole span, post-RoPE) when asked for."""
+    rows that have them (embeds and layers, when a text was given) and image keys ``keys[l]`` ``(h*w, kv_dim)``
+    (post-RoPE, the base grid row-major; anyres crops and newline tokens are left out) when asked for."""
 
     rows: dict[str, Tensor]
     text: dict[str, Tensor] = field(default_factory=dict)
@@ -115,7 +115,8 @@ class FeatureExtractor:
                 if texts:
                     feats.text[str(layer)] = kv.text(layer, b, text_pos[b])["values"].float()
             if keys:
-                feats.keys = {layer: kv.image(layer, b, 0).keys.float() for layer in self.layers}
+                feats.keys = {layer: kv.image(layer, b, 0).grid("keys").reshape(-1, mlm.kv_dim).float()
+                              for layer in self.layers}
             if "vision" in self.sources:
                 vis = kv.vision(b, 0)
                 h, w = vis.grid_shape

@@ -1,0 +1,107 @@
+"""`python -m vkvtrain probe`: the shipped config on tiny models, reports, correlation, strict config keys."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from vkvtrain.errors import RecipeError
+from vkvtrain.probes.cli import main, parse_argv
+from vkvtrain.probes.config import ModelSpec, load_config
+from vkvtrain.probes.report import layer0_correlation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_probe_command_runs_the_shipped_config_on_tiny_models(tmp_path: Path) -> None:
+    out = tmp_path / "probes"
+    cmd = [sys.executable, "-m", "vkvtrain", "probe", "eval/probes.yaml", "--output_dir", str(out),
+           "--tasks", "fewshot,semantic,keypoints,key_agnosticism", "--data.fewshot.n", "2",
+           "--data.semantic.n", "3", "--data.keypoints.n", "2", "--prefix.mode", "task"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads((out / "probes.json").read_text())
+    results = payload["results"]
+    assert list(results) == ["tiny-llava-onevision", "tiny-qwen2.5-vl", "tiny-llava-next"]
+    ov = results["tiny-llava-onevision"]
+    assert list(ov) == ["fewshot", "semantic", "keypoints", "key_agnosticism"]
+    assert list(ov["fewshot"]["miou"]) == ["embeds", "0", "1", "2", "3", "vision"]
+    assert all(0 <= v <= 1 for v in ov["fewshot"]["miou"].values())
+    assert math.isnan(ov["semantic"]["miou"]["vision"]) and math.isfinite(ov["semantic"]["miou"]["embeds"])
+    assert math.isnan(ov["key_agnosticism"]["score"]["embeds"]) and 0 < ov["key_agnosticism"]["score"]["3"] < 1
+    assert set(payload["extras"]["tiny-llava-onevision"]["key_agnosticism"]["flagged"]) == {"0", "1", "2", "3"}
+    # correlation of layer-0 (embeds) scores with the configured perception scores, checked against numpy
+    corr = payload["correlation"]
+    layer0 = [results[m]["fewshot"]["miou"]["embeds"] for m in results]
+    assert corr["fewshot"]["layer0"] == pytest.approx(layer0)
+    assert corr["fewshot"]["pearson"] == pytest.approx(np.corrcoef(layer0, [40.0, 38.0, 42.0])[0, 1], abs=1e-9)
+    with open(out / "probes.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][:3] == ["model", "row", "fewshot.miou"] and len(rows) == 1 + 3 * 6
+    md = (out / "probes.md").read_text()
+    assert "| row | fewshot.miou | semantic.miou | keypoints.pck | key_agnosticism.score |" in md
+    assert "Layer-0 (embeds)" in md
+    pngs = sorted(out.glob("heatmap_*.png"))
+    assert len(pngs) == 3 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_unknown_keys_fail_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modles: []\n")
+    assert main([str(bad)]) == 2
+    assert "unknown key modles" in capsys.readouterr().err
+    with pytest.raises(RecipeError, match="unknown key data.fewshot.bogus"):
+        load_config(None, [("data.fewshot.bogus", "1")])
+    with pytest.raises(RecipeError, match="unknown key probe.alpha"):
+        load_config(None, [("probe.alpha", "0.2")])
+    with pytest.raises(RecipeError, match="unknown task"):
+        load_config(None, [("tasks", "fewshot,segment_everything")])
+    with pytest.raises(RecipeError, match=r"prefix.mode must be one of"):
+        load_config(None, [("prefix.mode", "sometimes")])
+
+
+def test_overrides_and_model_shorthand() -> None:
+    path, overrides = parse_argv(["eval/probes.yaml", "--model", "tiny://qwen2_5_vl", "--layers=[1, 3]",
+                                  "--probe.pck_alpha", "0.05"])
+    cfg = load_config(ROOT / path, overrides)
+    assert cfg.models == [ModelSpec(spec="tiny://qwen2_5_vl")]
+    assert cfg.layers == [1, 3] and cfg.probe.pck_alpha == 0.05
+    assert cfg.data["temporal"].options == {"frames": 4}
+    with pytest.raises(RecipeError, match="unexpected argument"):
+        parse_argv(["a.yaml", "b.yaml"])
+
+
+def test_prefix_modes(tiny_mlm) -> None:
+    from vkvtrain.probes.suite import ProbeSuite
+
+    mlm = tiny_mlm("llava_next")
+    for mode, want in (("none", None), ("generic", "Look at the image carefully."),
+                       ("task", "Find the red circle in the next image.")):
+        cfg = load_config(None, [("prefix.mode", mode)])
+        assert ProbeSuite(mlm, cfg).prefix("referring", "the red circle") == want
+
+
+def test_layer0_correlation_matches_scipy_and_needs_three_models() -> None:
+    def res(v: float) -> dict:
+        return {"fewshot": {"miou": {"embeds": v, "0": 0.5}}, "keypoints": {"pck": {"embeds": v / 2, "0": 0.1}}}
+
+    per_model = {"a": res(0.2), "b": res(0.5), "c": res(0.4), "d": res(0.9)}
+    scores = {"a": 30.0, "b": 45.0, "c": 50.0, "d": 60.0}
+    corr = layer0_correlation(per_model, scores)
+    x = [0.2, 0.5, 0.4, 0.9]
+    y = list(scores.values())
+    assert corr["fewshot"]["pearson"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert corr["fewshot"]["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert corr["mean"]["layer0"] == pytest.approx([(v + v / 2) / 2 for v in x])
+    few = layer0_correlation({"a": res(0.2), "b": res(0.5)}, scores)
+    assert "needs >= 3 models" in few["fewshot"]["note"] and "pearson" not in few["fewshot"]

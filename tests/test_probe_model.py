@@ -1,0 +1,101 @@
+"""Probes on tiny MLMs: planted key artifacts are found (and nothing else), the prefix reaches the image
+values while text after the image does not, and the baseline rows match their oracles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vkvtrain import Prompt
+from vkvtrain.data.synthetic_perception import SyntheticSemantic
+from vkvtrain.probes import KeyInputAgnosticism
+from vkvtrain.probes.encoder import VisionEncoder
+from vkvtrain.probes.features import FeatureExtractor, last_text_position
+
+IMAGES = [SyntheticSemantic(n=8, seed=3)[i].image for i in range(8)]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_constant_added_to_chosen_keys_is_flagged_and_nothing_else(tiny_mlm, family: str) -> None:
+    mlm = tiny_mlm(family)
+    batch = mlm.encode([Prompt(images=[im], text="") for im in IMAGES])
+    planted_layers, planted_pos = [1, 3], [2, 7]
+    const = 100 * torch.randn(mlm.kv_dim, generator=torch.Generator().manual_seed(0))
+
+    def plant(_module, _args, out):
+        for row in batch.spans:
+            for p in planted_pos:
+                out[row[0].batch, row[0].start + p] += const
+        return out
+
+    layers = mlm.decoder_layers()
+    handles = [layers[i].self_attn.k_proj.register_forward_hook(plant) for i in planted_layers]
+    try:
+        with mlm.capture() as kv:
+            mlm.model(**batch.inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    n = batch.spans[0][0].grid_size
+    metric = KeyInputAgnosticism(mlm.num_layers, n, mlm.kv_dim)
+    metric.update([torch.stack([kv.image(layer, b, 0).grid("keys").reshape(n, -1) for b in range(len(IMAGES))])
+                   for layer in range(mlm.num_layers)])
+    flagged = metric.compute()["flagged"]
+    for layer in range(mlm.num_layers):
+        expected = planted_pos if layer in planted_layers else []
+        assert flagged[layer].nonzero().flatten().tolist() == expected, layer
+
+
+def test_prefix_changes_image_values_but_text_after_the_image_does_not(tiny_mlm) -> None:
+    mlm = tiny_mlm("qwen2_5_vl")
+    fx = FeatureExtractor(mlm, sources=("embeds", "layers"), batch_size=1)
+    image = IMAGES[0]
+    base, other_text, prefixed = (fx([image], texts=[t], prefixes=[p])[0] for t, p in
+                                  (("circle", None), ("a much longer question", None), ("circle", "A prefix.")))
+    for row in fx.rows:
+        assert torch.allclose(base.rows[row], other_text.rows[row], atol=1e-6), row
+    assert torch.allclose(base.rows["embeds"], prefixed.rows["embeds"])  # layer-0 input: no attention yet
+    assert torch.allclose(base.rows["0"], prefixed.rows["0"], atol=1e-6)  # v_proj of the embeddings
+    for row in fx.rows[2:]:  # layers >= 1 read the prefix through attention
+        assert (base.rows[row] - prefixed.rows[row]).abs().max() > 1e-4, row
+
+
+def test_text_value_is_read_at_the_texts_last_token(tiny_mlm) -> None:
+    mlm = tiny_mlm("llava_onevision")
+    batch = mlm.encode([Prompt(images=[IMAGES[0]], text="circle")])
+    pos = last_text_position(mlm, batch.input_ids, 0, batch.spans[0][0].stop)
+    assert mlm.tokenizer.decode(batch.input_ids[0, pos - 5:pos + 1]) == "circle"
+    fx = FeatureExtractor(mlm, layers=[2], sources=("layers",))
+    feats = fx([IMAGES[0]], texts=["circle"])[0]
+    with mlm.capture(layers=[2], text_positions=[(0, pos)]) as kv:
+        mlm.model(**batch.inputs)
+    assert torch.allclose(feats.text["2"], kv.text(2, 0, pos)["values"])
+
+
+def _tiny_siglip(path: Path) -> None:
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                             image_size=32, patch_size=8)
+    SiglipVisionModel(cfg).save_pretrained(path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+
+
+def test_encoder_baseline_row_matches_transformers(tiny_mlm, tmp_path: Path) -> None:
+    from transformers import SiglipImageProcessor, SiglipVisionModel
+
+    _tiny_siglip(tmp_path / "siglip")
+    encoder = VisionEncoder(str(tmp_path / "siglip"))
+    fx = FeatureExtractor(tiny_mlm("llava_next"), layers=[0], encoder=encoder)
+    assert fx.rows == ["embeds", "0", "vision", "encoder"]
+    feats = fx(IMAGES[:2])
+    ref = SiglipVisionModel.from_pretrained(tmp_path / "siglip").eval()
+    pixels = SiglipImageProcessor.from_pretrained(tmp_path / "siglip")(images=IMAGES[:2], return_tensors="pt")
+    with torch.no_grad():
+        want = ref(**pixels).last_hidden_state.reshape(2, 4, 4, 32)
+    for f, w in zip(feats, want):
+        assert f.rows["encoder"].shape == (4, 4, 32)
+        assert torch.allclose(f.rows["encoder"], w, atol=1e-5)
