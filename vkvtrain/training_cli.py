@@ -58,8 +58,14 @@ class VKVCLI(LightningCLI):
 
 
 def build_cli(argv: Sequence[str], run: bool = True) -> VKVCLI:
+    """LightningCLI over argv (subcommand first when ``run``; with ``run=False`` a leading subcommand is
+    dropped and the caller drives ``cli.trainer`` / ``cli.model`` / ``cli.datamodule`` itself)."""
     from vkvtrain.datamodule import VKVDataModule
     from vkvtrain.module import VKVModule
+
+    argv = list(argv)
+    if not run and argv and argv[0] in SUBCOMMANDS:
+        argv = argv[1:]
 
     with warnings.catch_warnings():
         # argv arrives already parsed by vkvtrain.cli; Lightning warns when args and sys.argv differ.
