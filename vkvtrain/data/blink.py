@@ -208,7 +208,9 @@ def row_to_question(row: dict[str, Any]) -> BlinkQuestion:
         points = {img: {lab: (float(xy[0]), float(xy[1])) for lab, xy in marks.items()} for img, marks in raw.items()}
     answer = parse_answer(row["answer"])
     if answer is not None and LETTERS.index(answer) >= len(choices):
-        raise DatasetError(f"BLINK question {row['idx']!r}: answer {row['answer']!r} is not among {len(choices)} choices")
+        raise DatasetError(
+            f"BLINK question {row['idx']!r}: answer {row['answer']!r} is not among its {len(choices)} choices"
+        )
     return BlinkQuestion(
         idx=str(row["idx"]),
         sub_task=str(row["sub_task"]),

@@ -181,7 +181,10 @@ def _correspondence_item(
     question: str,
 ) -> _Item:
     """Mark REF in image_1 and four candidates (one = ``target``) in image_2."""
-    wrong = [p for p in _distinct_points(rng, 8, 0.1, 0.9, 0.18) if (p[0] - target[0]) ** 2 + (p[1] - target[1]) ** 2 > 0.2**2]
+    def far(p: Point) -> bool:
+        return (p[0] - target[0]) ** 2 + (p[1] - target[1]) ** 2 > 0.2**2
+
+    wrong = [p for p in _distinct_points(rng, 8, 0.1, 0.9, 0.18) if far(p)]
     cands, ans = _shuffle(rng, target, wrong[:3])
     while len(cands) < 4:  # rare: too few far-away random points
         cands.append(_distinct_points(rng, 1)[0])

@@ -189,6 +189,8 @@ def latent_summary(
             "probe_accuracy": at("probe_accuracy"),
             "gap_all": at("gap_all"),
             "gap_wrong": at("gap_wrong"),
-            "per_layer": {k: ev[k][s].tolist() if ev is not None else None for k in ("probe_accuracy", "gap_all", "gap_wrong")},
+            "per_layer": {
+                k: ev[k][s].tolist() if ev is not None else None for k in ("probe_accuracy", "gap_all", "gap_wrong")
+            },
         }
     return out

@@ -69,7 +69,8 @@ def probe_scores(q: BlinkQuestion, grids: list[Tensor]) -> Tensor:
     kind = probe_kind(q)
     if kind == "pooled":
         ref = grids[0].mean((1, 2))  # (n_layers, D)
-        return torch.stack([F.cosine_similarity(ref, grids[c + 1].mean((1, 2)), dim=-1) for c in range(q.n_choices)], -1)
+        pooled = [grids[c + 1].mean((1, 2)) for c in range(q.n_choices)]  # image_{c+2}: (n_layers, D)
+        return torch.stack([F.cosine_similarity(ref, p, dim=-1) for p in pooled], -1)
     if kind == "point":
         assert q.points is not None
         ref = _cell(grids[0], q.points["image_1"]["REF"])

@@ -82,7 +82,7 @@ class SurfacingGap(Metric):
         self.probe_right_output_wrong += onehot.T @ (probe * wrong[:, None])
 
     def compute(self) -> dict[str, Tensor]:
-        """``gap_all``, ``gap_wrong``, ``probe_accuracy`` (S, L) and ``output_accuracy`` (S,), float; NaN where empty."""
+        """``gap_all``, ``gap_wrong``, ``probe_accuracy`` (S, L), ``output_accuracy`` (S,); NaN where empty."""
         total = self.total.double()
         wrong = self.output_wrong.double()
         both = self.probe_right_output_wrong.double()
