@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from vkvtrain.data.blink import BlinkQuestion
-from vkvtrain.evaluation.latent import probe_correct_batch, probe_kind
+from vkvtrain.evaluation.latent import probe_correct_batch, probe_correct_from_capture, probe_kind
 from vkvtrain.evaluation.protocol import PromptProtocol
 from vkvtrain.evaluation.scoring import prompts_for
 
@@ -45,12 +45,16 @@ def test_probes_find_planted_answers_at_layer_zero(tiny_mlm, family) -> None:
     assert [probe_kind(q) for q in qs] == ["pooled", "point"]
     moved = [dataclasses.replace(qs[0], answer="A"), dataclasses.replace(qs[1], answer="A")]
     batch = mlm.encode(prompts_for(qs, PromptProtocol()))
-    with torch.no_grad():
+    layers = [0, mlm.num_layers - 1]
+    with torch.no_grad(), mlm.capture(layers) as kv:
         cache = mlm.model(**batch.inputs, use_cache=True).past_key_values
-    right = probe_correct_batch(qs, batch.spans, cache, [0])
-    wrong = probe_correct_batch(moved, batch.spans, cache, [0])
+    right = probe_correct_batch(qs, batch.spans, cache, layers)
+    wrong = probe_correct_batch(moved, batch.spans, cache, layers)
     assert [bool(r[0]) for r in right] == [True, True]
     assert [bool(r[0]) for r in wrong] == [False, False]
+    # the capture-based entry (training-time validation) reads the same tokens, so it answers the same
+    for a, b in zip(probe_correct_from_capture(qs, kv), right):
+        assert torch.equal(a, b)
 
 
 def test_no_probe_without_points_or_matching_images() -> None:

@@ -28,7 +28,7 @@ from vkvtrain.errors import RecipeError
 from vkvtrain.evaluation.latent import probe_correct_batch, probe_kind
 from vkvtrain.evaluation.parse import parse_choice
 from vkvtrain.evaluation.protocol import PromptProtocol
-from vkvtrain.evaluation.report import summarize
+from vkvtrain.evaluation.report import log_wandb, summarize
 from vkvtrain.evaluation.scoring import Answer, generate_answers, score_choices
 from vkvtrain.probes.surfacing_gap import SurfacingGap
 
@@ -101,13 +101,17 @@ def _record(q: BlinkQuestion, a: Answer, mode: str) -> dict[str, Any]:
 
 
 def evaluate_blink(
-    mlm: Any, questions: Sequence[BlinkQuestion], options: EvalOptions | None = None, progress: bool = True
+    mlm: Any,
+    questions: Sequence[BlinkQuestion],
+    options: EvalOptions | None = None,
+    progress: bool = True,
+    logger: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Answer ``questions`` in batches; returns (records, results).
 
     records: one dict per question (idx, sub_task, answer, response, scores, prediction, correct, and
     ``probe_correct`` (per probed layer) where a probe applies). results: see report.summarize, plus
-    ``latent`` when probes ran.
+    ``latent`` when probes ran. logger: a wandb Run or Lightning WandbLogger; the tables are logged to it.
     """
     from tqdm.auto import tqdm
 
@@ -153,6 +157,8 @@ def evaluate_blink(
     if run_probes:
         assert gap_eval is not None and gap_select is not None
         results["latent"] = latent_summary(gap_eval, gap_select, layers, opts.probes, mlm.num_layers)
+    if logger is not None:
+        log_wandb(results, logger)
     return records, results
 
 

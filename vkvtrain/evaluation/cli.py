@@ -117,12 +117,12 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
         import wandb
 
-        wb = wandb.init(
+        run_ = wandb.init(
             project=cfg.wandb.project, name=cfg.wandb.name, mode=cfg.wandb.mode, dir=cfg.wandb.save_dir,
             config=dataclasses.asdict(cfg),
         )
-        log_wandb(results, wb)
-        wb.finish()
+        log_wandb(results, run_)
+        run_.finish()
     macro = results["macro"]
     print(f"BLINK macro {100 * macro:.1f}" if macro is not None else "BLINK: no gold answers", f"-> {out}")
     return results

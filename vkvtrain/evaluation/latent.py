@@ -16,7 +16,7 @@ A point (x, y) in [0, 1] maps to grid cell (floor(y*H), floor(x*W)) of the base-
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,15 +81,40 @@ def probe_scores(q: BlinkQuestion, grids: list[Tensor]) -> Tensor:
     raise ValueError(f"no latent probe is defined for {q.idx} ({q.sub_task})")
 
 
-def probe_correct_batch(
-    questions: Sequence[BlinkQuestion], spans: list[list[ImageSpan]], cache: Any, layers: Sequence[int]
+GridFn = Callable[[int, ImageSpan], Tensor]  # (b, span) -> (n_layers, H, W, D) value grid
+
+
+def _probe_correct(
+    questions: Sequence[BlinkQuestion], spans: list[list[ImageSpan]], grids_of: GridFn
 ) -> list[Tensor | None]:
-    """Per question: (n_layers,) bool, the probe's arg-max choice is the gold one; None without a probe."""
     out: list[Tensor | None] = []
     for b, q in enumerate(questions):
         if probe_kind(q) is None or q.answer_index is None:
             out.append(None)
             continue
-        grids = [image_grid_values(cache, layers, b, s) for s in spans[b]]
+        grids = [grids_of(b, s) for s in spans[b]]
         out.append(probe_scores(q, grids).argmax(-1).cpu() == q.answer_index)
     return out
+
+
+def probe_correct_batch(
+    questions: Sequence[BlinkQuestion], spans: list[list[ImageSpan]], cache: Any, layers: Sequence[int]
+) -> list[Tensor | None]:
+    """Per question: (n_layers,) bool, the probe's arg-max choice is the gold one; None without a probe.
+
+    Values come from the prefill's KV cache (a DynamicCache); ``spans`` from the encoded batch.
+    """
+    return _probe_correct(questions, spans, lambda b, span: image_grid_values(cache, layers, b, span))
+
+
+def probe_correct_from_capture(questions: Sequence[BlinkQuestion], kv: Any) -> list[Tensor | None]:
+    """Like :func:`probe_correct_batch`, reading a ``mlm.capture(...)`` result at its captured layers.
+
+    For training-time validation: feed ``torch.stack`` of the non-None results, with the output
+    correctness, to :class:`vkvtrain.probes.surfacing_gap.SurfacingGap` (columns = ``kv.layers``).
+    """
+
+    def grids_of(b: int, span: ImageSpan) -> Tensor:
+        return torch.stack([kv.image(layer, b, span.image).grid("values") for layer in kv.layers]).float()
+
+    return _probe_correct(questions, kv.spans, grids_of)
