@@ -29,6 +29,7 @@ def test_tiny_evaluation_over_all_14_subtasks_from_local_folder(tmp_path: Path, 
     res, recs, md = _read(out)
     assert list(res["subtasks"]) == list(BLINK_SUBTASKS)
     assert all(v["n"] == 1 and v["invalid"] == 0.0 for v in res["subtasks"].values())  # likelihood: always valid
+    assert [r["sub_task"] for r in recs] == list(BLINK_SUBTASKS)  # input order, though batches are length-sorted
     assert len(recs) == 14 and all(r["prediction"] == "ABCD"[max(range(len(r["scores"])), key=r["scores"].__getitem__)] for r in recs)
     accs = [v["accuracy"] for v in res["subtasks"].values()]
     assert res["macro"] == pytest.approx(sum(accs) / 14) and res["micro"] == pytest.approx(sum(r["correct"] for r in recs) / 14)

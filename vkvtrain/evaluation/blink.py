@@ -82,6 +82,11 @@ def _resolve_layers(mlm: Any, layers: list[int] | None) -> list[int]:
     return chosen
 
 
+def _length_key(q: BlinkQuestion) -> tuple[int, int, int]:
+    """Sort key approximating a question's token count: images, pixels, prompt characters."""
+    return (len(q.images), sum(im.width * im.height for im in q.images), len(q.prompt))
+
+
 def _record(q: BlinkQuestion, a: Answer, mode: str) -> dict[str, Any]:
     if mode == "likelihood":
         assert a.scores is not None
@@ -122,10 +127,13 @@ def evaluate_blink(
     gap_eval = SurfacingGap(S, len(layers)) if run_probes else None
     gap_select = SurfacingGap(S, len(layers)) if run_probes else None
 
-    records: list[dict[str, Any]] = []
+    # Batches of similar length waste less compute on padding; records keep the input order.
+    order = sorted(range(len(questions)), key=lambda i: _length_key(questions[i]))
+    slots: list[dict[str, Any] | None] = [None] * len(questions)
     bar = tqdm(total=len(questions), desc=f"BLINK ({opts.mode})", disable=not progress, unit="q")
-    for start in range(0, len(questions), opts.batch_size):
-        chunk = list(questions[start : start + opts.batch_size])
+    for start in range(0, len(order), opts.batch_size):
+        where = order[start : start + opts.batch_size]
+        chunk = [questions[i] for i in where]
         probe_out: list[Any] = [None] * len(chunk)
 
         def on_prefill(batch: Any, cache: Any) -> None:
@@ -136,7 +144,7 @@ def evaluate_blink(
             answers = score_choices(mlm, chunk, opts.prompt, on_prefill)
         else:
             answers = generate_answers(mlm, chunk, opts.prompt, opts.max_new_tokens, on_prefill)
-        for q, a, pc in zip(chunk, answers, probe_out):
+        for i, q, a, pc in zip(where, chunk, answers, probe_out):
             rec = _record(q, a, opts.mode)
             if pc is not None:
                 heldout = opts.probes.probe_layer == "heldout" and is_heldout(q.idx, opts.probes.heldout_fraction)
@@ -147,9 +155,10 @@ def evaluate_blink(
                 metric.update(
                     torch.tensor([BLINK_SUBTASKS.index(q.sub_task)]), torch.tensor([rec["correct"]]), pc[None]
                 )
-            records.append(rec)
+            slots[i] = rec
         bar.update(len(chunk))
     bar.close()
+    records = [r for r in slots if r is not None]
 
     results = summarize(records)
     results["mode"] = opts.mode

@@ -70,7 +70,8 @@ def score_choices(
     """
     tok = mlm.tokenizer
     batch = mlm.encode(prompts_for(questions, protocol)).to(mlm.device)
-    out = mlm.model(**batch.inputs, use_cache=True)
+    # logits_to_keep=1: only the last position's logits (a full (B, L, vocab) tensor is GBs on real models)
+    out = mlm.model(**batch.inputs, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     if on_prefill is not None:
         on_prefill(batch, cache)
