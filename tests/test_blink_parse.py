@@ -25,6 +25,10 @@ from vkvtrain.evaluation.blink import parse_choice
         ("**C**", 4, "C"),
         ("The answer is option A, the first image.", 4, "A"),
         ("Answer: (C) the third image", 4, "C"),
+        ("I believe it's (B)", 4, "B"),
+        ("The answer is B (the third image).", 2, "B"),
+        ("Option (C).", 4, "C"),
+        ("A:", 2, "A"),
     ],
 )
 def test_reads_claimed_letter(text: str, n: int, expected: str | None) -> None:
@@ -48,6 +52,8 @@ def test_reads_claimed_letter(text: str, n: int, expected: str | None) -> None:
         ("   ", 4),
         ("None of the above", 4),
         ("AB", 4),
+        ("A) the second image B) the third image", 2),  # echoed choices, closing-parenthesis markers
+        ("Answer: B. Option A is wrong because...", 4),  # a second letter claimed in the explanation
     ],
 )
 def test_rejects_ambiguous_or_invalid(text: str, n: int) -> None:

@@ -2,8 +2,8 @@
 
 A response *claims* a letter when it is the whole response ("B", "(B)", "B."), when it opens the response
 as an option marker ("(B) the third image", "B. the third image", "B) ..."), when it follows an answer
-keyword ("Answer: C", "The correct answer is (B)", "option B"), or when it stands in parentheses anywhere
-("... so (B)"). The parser returns the claimed letter only when exactly one distinct letter is claimed and
+keyword ("Answer: C", "The correct answer is (B)", "option B"), or when it stands in parentheses or before a
+closing parenthesis anywhere ("... so (B)", "... B)"). The parser returns the claimed letter only when exactly one distinct letter is claimed and
 it is one of the offered choices; otherwise None (counted as invalid). Articles and pronouns are never
 read as letters ("A cat is ..." claims nothing, "I think (B)" claims B), unlike a first-capital regex that
 reads "The correct answer is (B)" as "T".
@@ -25,6 +25,7 @@ _KEYWORD = re.compile(
     r"(?![A-Za-z0-9'])"
 )
 _PARENS = re.compile(r"[\(\[]([A-Z])[\)\]]")
+_CLOSING = re.compile(r"(?<![A-Za-z0-9])([A-Z])\)")  # "B)" option markers anywhere
 
 
 def claimed_letters(text: str) -> set[str]:
@@ -38,6 +39,7 @@ def claimed_letters(text: str) -> set[str]:
         claims.add(next(g for g in m.groups() if g))
     claims.update(_KEYWORD.findall(text))
     claims.update(_PARENS.findall(text))
+    claims.update(_CLOSING.findall(text))
     return claims
 
 
