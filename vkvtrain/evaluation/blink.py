@@ -194,18 +194,19 @@ def latent_summary(
             col = layers.index(want)
 
         def at(key: str) -> float | None:
-            return None if col is None or ev is None or n == 0 else float(ev[key][s, col])
+            return None if col is None or ev is None or n == 0 else round(float(ev[key][s, col]), 6)
 
         out["subtasks"][name] = {
             "layer": None if col is None else layers[col],
             "n": n,
             "n_heldout": int(gap_select.total[s]),
-            "output_accuracy": None if ev is None or n == 0 else float(ev["output_accuracy"][s]),
+            "output_accuracy": None if ev is None or n == 0 else round(float(ev["output_accuracy"][s]), 6),
             "probe_accuracy": at("probe_accuracy"),
             "gap_all": at("gap_all"),
             "gap_wrong": at("gap_wrong"),
             "per_layer": {
-                k: ev[k][s].tolist() if ev is not None else None for k in ("probe_accuracy", "gap_all", "gap_wrong")
+                k: [round(v, 6) for v in ev[k][s].tolist()] if ev is not None else None
+                for k in ("probe_accuracy", "gap_all", "gap_wrong")
             },
         }
     return out
