@@ -38,7 +38,13 @@ def single_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_probe_metrics_per_layer_and_heatmap_in_offline_run(single_run: Path) -> None:
     rows = history(single_run)
     names = _metric_names(single_run)
+    probe_metrics = {"fewshot": ["miou", "fbiou"], "coseg": ["jaccard", "precision"], "semantic": ["miou", "ciou"],
+                     "referring": ["miou", "ciou"], "keypoints": ["pck"], "temporal": ["j", "f", "jf"],
+                     "key_agnosticism": ["score", "n_flagged"]}
     for layer in range(N_LAYERS):
+        for task, metrics in probe_metrics.items():
+            for metric in metrics:
+                assert f"val/probe/{task}/{metric}/layer_{layer}" in names, (task, metric, layer)
         assert f"val/agnosticism/layer_{layer}" in names
         assert f"val/gap_all/Visual_Correspondence/layer_{layer}" in names
         assert f"val/probe_accuracy/Visual_Correspondence/layer_{layer}" in names

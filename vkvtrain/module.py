@@ -69,6 +69,13 @@ class VKVModule(L.LightningModule):
         agnosticism_threshold: flag key positions with input-agnosticism >= this (None: per-layer MAD rule).
         gradient_checkpointing: trade compute for memory on real models.
         calibration_batches: validation batches used by interventions that calibrate on data.
+        probe_tasks: perception probe tasks run at each validation end through the probe suite
+            (fewshot, coseg, semantic, referring, keypoints, temporal, key_agnosticism); None = none.
+            Prompts carry the interventions' prefix (a learned prefix is probed as trained).
+        probe_items: items per probe task (synthetic data with exact ground truth unless ``probe_data``).
+        probe_image_size: side of the synthetic probe images in pixels.
+        probe_data: per task, ``vkvtrain.probes.config.DataSpec`` fields for real data, e.g.
+            ``{fewshot: {source: pascal5i, root: /data/pascal, n: 100}}``.
     """
 
     def __init__(
@@ -84,6 +91,10 @@ class VKVModule(L.LightningModule):
         agnosticism_threshold: float | None = None,
         gradient_checkpointing: bool = False,
         calibration_batches: int = 2,
+        probe_tasks: list[str] | None = None,
+        probe_items: int = 4,
+        probe_image_size: int = 64,
+        probe_data: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.model_name = model
@@ -97,6 +108,16 @@ class VKVModule(L.LightningModule):
         self.agnosticism_threshold = agnosticism_threshold
         self.gradient_checkpointing = gradient_checkpointing
         self.calibration_batches = calibration_batches
+        self.probe_tasks = probe_tasks
+        self.probe_items = probe_items
+        self.probe_image_size = probe_image_size
+        self.probe_data = probe_data or {}
+        if probe_tasks is not None:
+            from vkvtrain.probes.config import TASKS
+
+            unknown = [t for t in probe_tasks if t not in TASKS]
+            if unknown:
+                raise RecipeError(f"model.probe_tasks: unknown task(s) {unknown}; choose from {list(TASKS)}.")
         self.recipe: str = ""  # the resolved recipe (YAML), filled in by the CLI
         self.mlm: Any = None
         self.probe_layers: list[int] = []
@@ -294,10 +315,42 @@ class VKVModule(L.LightningModule):
                             logged[f"{stage}/{key}/{task}/layer_{layer}"] = value
                 heat_rows[f"probe_acc:{task}"] = [float(v) for v in result["probe_accuracy"][s]]
                 heat_rows[f"gap:{task}"] = [float(v) for v in result["gap_all"][s]]
+        if self.probe_tasks:
+            # Every rank runs the (deterministic) suite: its metrics sum-reduce across processes in compute(),
+            # so all ranks must take part; identical states on each rank leave every ratio unchanged.
+            for task, metrics in self._run_probe_suite().items():
+                for name, per_row in metrics.items():
+                    for row, value in per_row.items():
+                        if not math.isnan(value):
+                            logged[f"{stage}/probe/{task}/{name}/layer_{row}"] = value
+                primary = next(iter(metrics))
+                heat_rows[f"{task}:{primary}"] = [metrics[primary].get(str(layer), math.nan) for layer in self.probe_layers]
         for key, value in logged.items():
             self.log(key, value, sync_dist=False, rank_zero_only=True)
         if heat_rows:
             self._log_heatmap(stage, heat_rows)
+
+    def _run_probe_suite(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{task: {metric: {layer: value}}}`` from the probe suite on the model as it is now."""
+        from vkvtrain.probes.config import DataSpec, PrefixSpec, ProbeConfig
+        from vkvtrain.probes.suite import ProbeSuite
+
+        prefix = "".join(p for iv in self.interventions if (p := iv.prompt_prefix()))
+        config = ProbeConfig(
+            tasks=list(self.probe_tasks or []), layers=list(self.probe_layers), sources=["layers"],
+            data={t: DataSpec(**{"n": self.probe_items, **self.probe_data.get(t, {})}) for t in self.probe_tasks or []},
+            prefix=PrefixSpec(mode="generic", generic=prefix) if prefix else PrefixSpec(mode="none"),
+            image_size=self.probe_image_size, device=str(self.device), progress=False,
+        )
+        was_training = self.mlm.model.training
+        self.mlm.model.eval()
+        try:
+            # Lightning validates under inference_mode; the few-shot probe fits a classifier with autograd
+            # (on detached features: the model's tensors get no gradient).
+            with torch.inference_mode(False), torch.enable_grad():
+                return ProbeSuite(self.mlm, config).run()
+        finally:
+            self.mlm.model.train(was_training)
 
     def _log_heatmap(self, stage: str, rows: dict[str, list[float]]) -> None:
         from lightning.pytorch.loggers import WandbLogger
