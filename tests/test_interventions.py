@@ -229,3 +229,25 @@ def test_8bit_load_forward_and_lora_step_on_cpu(tiny_mlm, make_image) -> None:
     loss.backward()
     assert torch.isfinite(loss)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora.extra_trainable_parameters())
+
+
+def test_blocking_holds_for_cached_continuations(tiny_mlm, make_image) -> None:
+    """Scoring a continuation on a cached prompt (as BLINK evaluation does) must see the same blocking as one
+    full forward: oracle = transformers' own forward over prompt + continuation."""
+    mlm = tiny_mlm("llava_onevision")
+    batch = mlm.encode([Prompt(images=_images(make_image, 1), text="q")])
+    blocking = AttentionBlocking(layers=[1, 2, 3], positions=[0, 1, 4])
+    blocking.attach(mlm)
+    continuation = torch.tensor([[11, 12, 13]])
+    full_inputs = dict(batch.inputs)
+    full_inputs["input_ids"] = torch.cat([batch.inputs["input_ids"], continuation], 1)
+    full_inputs["attention_mask"] = torch.ones_like(full_inputs["input_ids"])
+    with torch.no_grad():
+        full = mlm.model(**full_inputs).logits[:, -3:]
+        prefill = mlm.model(**batch.inputs, use_cache=True)
+        cached = mlm.model(input_ids=continuation, attention_mask=full_inputs["attention_mask"],
+                           past_key_values=prefill.past_key_values, use_cache=True).logits
+        blocking.detach()
+        unblocked = mlm.model(**full_inputs).logits[:, -3:]
+    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(unblocked, full, atol=1e-4)

@@ -146,9 +146,10 @@ class AttentionBlocking(Intervention):
             return
         image_id = self._mlm.image_token_id
         if not bool((input_ids == image_id).any()):
-            if input_ids.shape[1] != 1:
-                self._blocked = None  # a text-only prompt; a decode step (length 1) keeps the prompt's mask
-            return
+            cache = kwargs.get("past_key_values")
+            if cache is None or int(cache.get_seq_length()) == 0:
+                self._blocked = None  # a text-only prompt
+            return  # decoding / scoring a continuation on a cached prompt keeps the prompt's mask
         if self.positions.numel() == 0:
             raise RecipeError("AttentionBlocking has no positions: give `positions` or run calibrate() first.")
         blocked = torch.zeros(len(self._resolved), *input_ids.shape, dtype=torch.bool, device=input_ids.device)
