@@ -118,7 +118,16 @@ def test_lora_only_named_lm_layers_and_plain_peft_loads_it(tiny_mlm, make_image,
     assert wrapped == [f"model.language_model.layers.{i}.self_attn.{p}_proj" for i in (2, 3) for p in ("q", "v")]
     trainable = [n for n, p in mlm.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and "language_model.layers." in n for n in trainable)
-    with torch.no_grad():  # make the adapter non-trivial (lora_B starts at zero)
+    before = {k: v.clone() for k, v in mlm.model.state_dict().items()}
+    optimizer = torch.optim.SGD(lora.extra_trainable_parameters(), lr=0.5)
+    for _ in range(2):  # lora_B starts at zero: the second step moves lora_A too
+        optimizer.zero_grad()
+        mlm.model(**mlm.encode([Prompt(images=_images(make_image, 1), text="q", answer="yes")]).inputs).loss.backward()
+        optimizer.step()
+    changed = {k for k, v in mlm.model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {f"model.language_model.layers.{i}.self_attn.{p}_proj.lora_{ab}.default.weight"
+                       for i in (2, 3) for p in ("q", "v") for ab in ("A", "B")}
+    with torch.no_grad():  # make the adapter clearly non-trivial
         for p in lora.extra_trainable_parameters():
             p.normal_(0, 0.3)
     batch = mlm.encode([Prompt(images=_images(make_image, 1), text="q")])

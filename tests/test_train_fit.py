@@ -72,6 +72,8 @@ def test_checkpoint_is_small_and_restores_into_fresh_mlm(tmp_path) -> None:
         got = fresh.model(**batch.inputs).logits
     torch.testing.assert_close(got, expected)
     assert restored[0].prompt_prefix() == LearnedPrefix(num_tokens=2).prompt_prefix()
+    adapter = Path(module.trainer.log_dir or module.trainer.default_root_dir) / "peft_adapter_1"
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
 
 
 def test_resume_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch) -> None:

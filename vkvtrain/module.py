@@ -10,6 +10,7 @@ value and a layer x task heatmap. Checkpoints hold the trainable tensors and the
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -387,6 +388,18 @@ class VKVModule(L.LightningModule):
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
         load_intervention_states(list(self.interventions), state_dict)
+
+    def on_train_end(self) -> None:
+        """Write each LoRA as a standard peft adapter folder (plain ``PeftModel.from_pretrained`` loads it)."""
+        from vkvtrain.interventions.lora import LateLoRA
+
+        if self.global_rank != 0:
+            return
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        for i, intervention in enumerate(self.interventions):
+            if isinstance(intervention, LateLoRA):
+                folder = intervention.save_adapter(root / f"peft_adapter_{i}")
+                self.print(f"LoRA adapter saved (peft format): {folder}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
