@@ -121,6 +121,7 @@ class VKVModule(L.LightningModule):
                 raise RecipeError(f"model.probe_tasks: unknown task(s) {unknown}; choose from {list(TASKS)}.")
         self.recipe: str = ""  # the resolved recipe (YAML), filled in by the CLI
         self.mlm: Any = None
+        self._pending_state: dict[str, torch.Tensor] | None = None
         self.probe_layers: list[int] = []
         self._agnosticism: Any = None
         self._gap: Any = None
@@ -130,6 +131,9 @@ class VKVModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.mlm is None:
             self._build()
+            if self._pending_state is not None:
+                load_intervention_states(list(self.interventions), self._pending_state)
+                self._pending_state = None
         trainer = self._trainer
         if trainer is not None and trainer.state.fn == "fit":
             self.mlm.model.train()
@@ -387,15 +391,19 @@ class VKVModule(L.LightningModule):
         }
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
+        if self.mlm is None:  # not built yet (e.g. ddp_spawn hands results back to the main process)
+            self._pending_state = dict(state_dict)
+            return None
         load_intervention_states(list(self.interventions), state_dict)
+        return None
 
     def on_train_end(self) -> None:
         """Write each LoRA as a standard peft adapter folder (plain ``PeftModel.from_pretrained`` loads it)."""
         from vkvtrain.interventions.lora import LateLoRA
 
+        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank calls it
         if self.global_rank != 0:
             return
-        root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         for i, intervention in enumerate(self.interventions):
             if isinstance(intervention, LateLoRA):
                 folder = intervention.save_adapter(root / f"peft_adapter_{i}")
