@@ -38,6 +38,7 @@ def test_tiny_evaluation_over_all_14_subtasks_from_local_folder(tmp_path: Path, 
                                               "Semantic_Correspondence", "Visual_Correspondence"}
     assert all(v["layer"] == 3 for v in res["latent"]["subtasks"].values())  # tiny model: 4 layers, -1 -> 3
     assert "| Jigsaw | 1 |" in md and "Latent vs output" in md
+    assert res["config"]["data"]["root"] == str(root) and res["config"]["prompt"]["continuation"] == "letter"
 
 
 def test_generate_mode_on_synthetic_source(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ results.json, responses.jsonl and results.md into ``output_dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -63,8 +64,8 @@ def load_questions(cfg: EvalConfig) -> list[Any]:
             raise RecipeError("data.source=local needs data.root (a folder with one sub-folder per subtask)")
         return load_blink(d.subtasks, d.split, root=d.root, limit=d.limit)
     if d.source == "synthetic":
-        qs = synthetic_blink_questions(d.synthetic_n, d.synthetic_seed, d.subtasks, d.synthetic_image_size, d.split)
-        return qs
+        n = d.synthetic_n if d.limit is None else min(d.synthetic_n, d.limit)
+        return synthetic_blink_questions(n, d.synthetic_seed, d.subtasks, d.synthetic_image_size, d.split)
     return load_blink(d.subtasks, d.split, hub_id=d.hub_id, revision=d.revision, limit=d.limit)
 
 
@@ -110,11 +111,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     records, results = evaluate_blink(mlm, questions, options, progress=cfg.progress)
     results["model"] = cfg.model
     results["ckpt_path"] = cfg.ckpt_path
-    results["data"] = {k: getattr(cfg.data, k) for k in ("source", "root", "hub_id", "revision", "split")}
+    results["config"] = dataclasses.asdict(cfg)  # the resolved run configuration, prompt protocol included
     out = write_outputs(cfg.output_dir, results, records)
     if cfg.wandb.project:
-        import dataclasses
-
         import wandb
 
         run_ = wandb.init(
