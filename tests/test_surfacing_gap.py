@@ -137,3 +137,14 @@ def test_heldout_layer_is_chosen_on_heldout_questions_only(monkeypatch: pytest.M
     assert vs["layer"] == 0
     assert vs["n"] == len(qs) - len(held) and vs["n_heldout"] == len(held)
     assert vs["gap_all"] == 0.0 and vs["per_layer"]["gap_all"][2] == 1.0
+
+
+def test_fixed_probe_layer_must_exist_and_be_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vkvtrain.errors import RecipeError
+
+    qs = synthetic_blink_questions(1, seed=0, subtasks=["Art_Style"])
+    _planted(monkeypatch, probe_fn=lambda q: torch.tensor([True]), output_right_fn=lambda q: True)
+    with pytest.raises(RecipeError, match="out of range"):
+        evaluate_blink(_FakeMLM(), qs, EvalOptions(probes=ProbeOptions(probe_layer=7)), progress=False)
+    with pytest.raises(RecipeError, match="not among probes.layers"):
+        evaluate_blink(_FakeMLM(), qs, EvalOptions(probes=ProbeOptions(layers=[0], probe_layer=2)), progress=False)

@@ -78,7 +78,7 @@ def _resolve_layers(mlm: Any, layers: list[int] | None) -> list[int]:
     chosen = list(range(n)) if layers is None else [l % n if -n <= l < n else l for l in layers]
     bad = [l for l in chosen if not 0 <= l < n]
     if bad:
-        raise RecipeError(f"probes.layers {bad} out of range: the model has {n} LM layers (0..{n - 1})")
+        raise RecipeError(f"probe layer(s) {bad} out of range: the model has {n} LM layers (0..{n - 1}, or -{n}..-1)")
     return chosen
 
 
@@ -123,6 +123,10 @@ def evaluate_blink(
     opts = options or EvalOptions()
     run_probes = opts.probes.enabled and any(probe_kind(q) is not None for q in questions)
     layers = _resolve_layers(mlm, opts.probes.layers) if run_probes else []
+    if run_probes and opts.probes.probe_layer != "heldout":
+        fixed = _resolve_layers(mlm, [int(opts.probes.probe_layer)])[0]
+        if fixed not in layers:
+            raise RecipeError(f"probes.probe_layer={opts.probes.probe_layer} is not among probes.layers {layers}")
     S = len(BLINK_SUBTASKS)
     gap_eval = SurfacingGap(S, len(layers)) if run_probes else None
     gap_select = SurfacingGap(S, len(layers)) if run_probes else None
@@ -188,10 +192,7 @@ def latent_summary(
             else:
                 col = int(torch.nan_to_num(sel["probe_accuracy"][s], nan=-1.0).argmax())
         else:
-            want = int(probes.probe_layer) % n_model_layers
-            if want not in layers:
-                raise RecipeError(f"probes.probe_layer={probes.probe_layer} is not among probes.layers {layers}")
-            col = layers.index(want)
+            col = layers.index(int(probes.probe_layer) % n_model_layers)  # checked in evaluate_blink
 
         def at(key: str) -> float | None:
             return None if col is None or ev is None or n == 0 else round(float(ev[key][s, col]), 6)
