@@ -60,18 +60,17 @@ def test_wandb_tables_offline(tmp_path, monkeypatch) -> None:
     import wandb
 
     from vkvtrain.evaluation.report import log_wandb
+    from vkvtrain.wandb_offline import find_run_file, history
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    res = summarize([_rec("Art_Style", "A", "A"), _rec("Counting", "B", "A")])
-    logged = {}
-
-    class Run:  # a stand-in run that records what would be logged
-        def log(self, payload):
-            logged.update(payload)
-
-    log_wandb(res, Run())
-    table = logged["blink/subtasks"]
-    assert isinstance(table, wandb.Table)
-    assert table.columns == ["subtask", "n", "accuracy", "invalid"]
-    assert [row[0] for row in table.data] == ["Art_Style", "Counting"] and logged["blink/macro"] == 0.5
+    res = summarize([_rec("Art_Style", "A", "A"), _rec("Counting", "B", "A"), _rec("Counting", "B", "B")])
+    run = wandb.init(project="blink-test", mode="offline", dir=str(tmp_path), settings=wandb.Settings(silent=True))
+    log_wandb(res, run)
+    run.finish()
+    (row,) = history(find_run_file(tmp_path))
+    assert row["blink/macro"] == 0.75 and row["blink/micro"] == pytest.approx(2 / 3)
+    assert row["blink/subtasks/_type"] == "table-file" and row["blink/subtasks/nrows"] == 2
+    table_file = next(tmp_path.glob("wandb/offline-run-*/files/" + row["blink/subtasks/path"]))
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["subtask", "n", "accuracy", "invalid"]
+    assert table["data"] == [["Art_Style", 1, 1.0, 0.0], ["Counting", 2, 0.5, 0.0]]
