@@ -84,3 +84,15 @@ def test_generation_returns_text_and_cache(tiny_mlm) -> None:
     answers = generate_answers(mlm, qs, PromptProtocol(), max_new_tokens=3, on_prefill=hook)
     assert len(answers) == len(qs) and all(isinstance(a.response, str) for a in answers)
     assert seen["L"] < seen["cache_len"] <= seen["L"] + 3
+
+
+def test_cached_scorer_matches_oracle_with_attention_blocking(tiny_mlm) -> None:
+    # A hook-based intervention with per-prompt state must still see the continuation passes as the prompt's.
+    from vkvtrain.interventions.blocking import AttentionBlocking
+
+    mlm = tiny_mlm("llava_onevision")
+    AttentionBlocking(layers=[1, 2, 3], positions=[0, 1, 2, 3, 5, 7]).attach(mlm)
+    qs = _mixed_questions()
+    proto = PromptProtocol(continuation="letter_and_text")
+    for q, a in zip(qs, score_choices(mlm, qs, proto)):
+        torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(naive_choice_scores(mlm, q, proto)), atol=2e-4, rtol=1e-4)
