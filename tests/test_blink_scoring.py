@@ -92,7 +92,7 @@ def test_cached_scorer_matches_oracle_with_attention_blocking(tiny_mlm) -> None:
 
     mlm = tiny_mlm("llava_onevision")
     AttentionBlocking(layers=[1, 2, 3], positions=[0, 1, 2, 3, 5, 7]).attach(mlm)
-    qs = _mixed_questions()
+    qs = _mixed_questions()[:2]  # 1 and 3 images: left padding; blocking makes each forward slower
     proto = PromptProtocol(continuation="letter_and_text")
     for q, a in zip(qs, score_choices(mlm, qs, proto)):
         torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(naive_choice_scores(mlm, q, proto)), atol=2e-4, rtol=1e-4)
