@@ -123,3 +123,20 @@ def test_missing_split_and_column_errors(tmp_path) -> None:
         load_rows(DataSource(source=str(tmp_path / "pq"), split="test"))
     rows = load_rows(blink_source("train", n=1, subtasks="Counting"))
     assert len(rows) == 1 and rows[0]["answer"].startswith("(")
+
+
+def test_answer_window_loss_equals_transformers_loss(tiny_mlm, family) -> None:
+    from vkvtrain.data.collate import TrainingCollator
+    from vkvtrain.data.training import ExampleDataset
+    from vkvtrain.module import answer_forward, output_correct
+
+    mlm = tiny_mlm(family)
+    rows = ExampleDataset(blink_source("val", n=1))
+    batch = TrainingCollator(mlm)([rows[0], rows[1]])  # different lengths: left padding differs per row
+    with torch.no_grad():
+        full = mlm.model(**batch.inputs)
+        out, loss, window = answer_forward(mlm.model, batch.inputs)
+    torch.testing.assert_close(loss, full.loss, rtol=1e-5, atol=1e-5)
+    labels = batch.inputs["labels"]
+    assert torch.equal(output_correct(out.logits[:, :-1], window), output_correct(full.logits[:, :-1], labels[:, 1:]))
+    assert out.logits.shape[1] < full.logits.shape[1] // 4

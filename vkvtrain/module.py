@@ -26,16 +26,39 @@ from vkvtrain.interventions.quantization import Quantization
 from vkvtrain.checkpointing import CHECKPOINT_KEY
 
 
-def output_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: greedy decoding reproduces every answer token (teacher-forced argmax == label).
+def output_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: greedy decoding reproduces every answer token (teacher-forced argmax == target).
 
     Args:
-        logits: (B, L, V); labels: (B, L) with -100 off the answer.
+        logits: (B, T, V) predictions of ``targets`` (B, T), -100 off the answer (already shifted).
     """
-    pred = logits[:, :-1].argmax(-1)  # (B, L-1) prediction of token t+1
-    target = labels[:, 1:]
-    ok = (pred == target) | (target == -100)
+    ok = (logits.argmax(-1) == targets) | (targets == -100)
     return ok.all(dim=1)
+
+
+def answer_forward(model: nn.Module, inputs: dict[str, Any]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Forward whose LM head runs only over the answer window: (output, loss, labels of the window).
+
+    Prompts are left-padded and every answer sits at the end of its row, so the last K positions, K = (length
+    from the first labelled column) + 1, hold every prediction the loss needs. Skipping the other positions'
+    logits (B x L x vocab, ~150k wide for these families) is most of a tiny model's step and gigabytes on
+    a real one. The loss equals transformers' own (mean over answer tokens; tested).
+
+    Returns ``out`` (``out.logits`` is (B, K, V)), the scalar loss, and labels (B, K - 1) aligned with
+    ``out.logits[:, :-1]``.
+    """
+    labels = inputs["labels"]
+    labelled = (labels != -100).any(dim=0).nonzero()
+    if len(labelled) == 0:
+        raise RecipeError("a training batch has no answer tokens; check data.answer_field.")
+    first = int(labelled[0])
+    keep = labels.shape[1] - first + 1
+    out = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+    window = labels[:, labels.shape[1] - keep + 1:]  # (B, K-1): targets of logits[:, :-1]
+    logits = out.logits[:, :-1]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), window.reshape(-1),
+                                             ignore_index=-100)
+    return out, loss, window
 
 
 def latent_probe_correct(kv: Any, batch: TrainBatch, b: int, layers: list[int]) -> torch.Tensor | None:
@@ -177,20 +200,20 @@ class VKVModule(L.LightningModule):
         return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
 
     # ------------------------------------------------------------------ steps
-    def _forward(self, batch: TrainBatch, layers: list[int], grad: bool) -> tuple[Any, Any]:
+    def _forward(self, batch: TrainBatch, layers: list[int], grad: bool) -> tuple[Any, torch.Tensor, torch.Tensor, Any]:
+        """(output, answer loss, answer-window targets, captured KV or None)."""
         for intervention in self.interventions:
             intervention.on_batch(batch)
         if not layers:
-            return self.mlm.model(**batch.inputs), None
+            return (*answer_forward(self.mlm.model, batch.inputs), None)
         with self.mlm.capture(layers=layers, grad=grad) as kv:
-            out = self.mlm.model(**batch.inputs)
-        return out, kv
+            out, loss, window = answer_forward(self.mlm.model, batch.inputs)
+        return out, loss, window, kv
 
     def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
         layers = sorted({layer for iv in self.interventions for layer in iv.grad_layers()})
-        out, kv = self._forward(batch, layers, grad=True)
-        loss = out.loss
-        self.log("train/lm_loss", out.loss.detach(), batch_size=len(batch))
+        _, loss, _, kv = self._forward(batch, layers, grad=True)
+        self.log("train/lm_loss", loss.detach(), batch_size=len(batch))
         for i, intervention in enumerate(self.interventions):
             extra = intervention.loss(kv, batch)
             if extra is not None:
@@ -206,10 +229,10 @@ class VKVModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: TrainBatch, stage: str) -> None:
-        out, kv = self._forward(batch, self.probe_layers, grad=False)
-        self.log(f"{stage}/loss", out.loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
+        out, loss, window, kv = self._forward(batch, self.probe_layers, grad=False)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
         self._update_agnosticism(kv, batch)
-        self._update_gap(kv, batch, out)
+        self._update_gap(kv, batch, output_correct(out.logits[:, :-1].detach(), window))
 
     def validation_step(self, batch: TrainBatch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -234,7 +257,7 @@ class VKVModule(L.LightningModule):
             return  # images of another grid size: the metric needs one shared grid
         self._agnosticism.update([k.to(self.device) for k in keys])
 
-    def _update_gap(self, kv: Any, batch: TrainBatch, out: Any) -> None:
+    def _update_gap(self, kv: Any, batch: TrainBatch, correct: torch.Tensor) -> None:
         from vkvtrain.data.blink import BLINK_SUBTASKS
         from vkvtrain.probes.surfacing_gap import SurfacingGap
 
@@ -244,7 +267,6 @@ class VKVModule(L.LightningModule):
             return
         if self._gap is None:
             self._gap = SurfacingGap(num_subtasks=len(BLINK_SUBTASKS), num_layers=len(self.probe_layers)).to(self.device)
-        correct = output_correct(out.logits.detach(), batch.inputs["labels"])
         index = torch.tensor([b for b, _ in rows])
         self._gap.update(
             torch.tensor([BLINK_SUBTASKS.index(batch.tasks[b]) for b, _ in rows]),
