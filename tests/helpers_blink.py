@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
+import pytest
 import torch
 
 from vkvtrain import Prompt
@@ -29,3 +30,16 @@ def naive_choice_scores(mlm: Any, q: BlinkQuestion, protocol: PromptProtocol) ->
         score = float(logp.gather(1, cont[0][:, None]).sum())
         scores.append(score / T if protocol.length_norm == "mean" else score)
     return scores
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Run the module's tests on one torch thread (imported into a test module, it applies there only).
+
+    On the shared 2-core machine, 2-thread OpenMP barriers make the tiny models' many small ops 10-30x slower
+    whenever other processes are busy; one thread keeps these tests at a fraction of a second each.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers_blink import one_torch_thread  # noqa: F401 (autouse fixture)
 from vkvtrain.data.blink import BLINK_SUBTASKS
 from vkvtrain.data.synthetic_blink import write_synthetic_blink
 from vkvtrain.evaluation.cli import main, parse_config

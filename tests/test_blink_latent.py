@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers_blink import one_torch_thread  # noqa: F401 (autouse fixture)
 from vkvtrain.data.blink import BlinkQuestion
 from vkvtrain.evaluation.latent import probe_correct_batch, probe_correct_from_capture, probe_kind
 from vkvtrain.evaluation.protocol import PromptProtocol

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers_blink import naive_choice_scores
+from helpers_blink import naive_choice_scores, one_torch_thread  # noqa: F401 (autouse fixture)
 from vkvtrain.data.synthetic_blink import synthetic_blink_questions
 from vkvtrain.evaluation.latent import image_grid_values
 from vkvtrain.evaluation.protocol import PromptProtocol
