@@ -223,13 +223,17 @@ def test_quantization_configs() -> None:
     assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_compute_dtype == torch.float32
 
 
-def test_8bit_load_forward_and_lora_step_on_cpu(tiny_mlm, make_image) -> None:
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_load_forward_and_lora_step_on_cpu(tiny_mlm, make_image, bits) -> None:
+    """8-bit, and nf4 on the bias-free Llama LM of LLaVA-NeXT (CPU nf4 kernels fail on biased linears)."""
     import bitsandbytes as bnb
 
-    mlm = tiny_mlm("llava_next", quantization=Quantization(bits=8).to_bnb_config())
+    layer_type = bnb.nn.Linear8bitLt if bits == 8 else bnb.nn.Linear4bit
+    mlm = tiny_mlm("llava_next", quantization=Quantization(bits=bits, compute_dtype="float32").to_bnb_config())
     lm_linear = mlm.decoder_layers()[0].self_attn.q_proj
-    assert isinstance(lm_linear, bnb.nn.Linear8bitLt)
-    assert not any(isinstance(m, bnb.nn.Linear8bitLt) for m in mlm.model.model.vision_tower.modules())
+    assert isinstance(lm_linear, layer_type)
+    assert not any(isinstance(m, layer_type) for m in mlm.model.model.vision_tower.modules())
+    assert not any(isinstance(m, layer_type) for m in mlm.model.model.multi_modal_projector.modules())
     lora = LateLoRA(layers=[-1], rank=2)
     mlm.model.requires_grad_(False)
     lora.attach(mlm)

@@ -71,3 +71,17 @@ def test_other_tiny_recipes_fit_one_step(tmp_path, name) -> None:
     assert main(["fit", str(recipe), "--trainer.logger=false", "trainer.max_steps=1", "trainer.val_check_interval=1",
                  "trainer.limit_val_batches=1", f"trainer.default_root_dir={tmp_path}",
                  "--trainer.callbacks=[]", "trainer.enable_checkpointing=false"]) == 0
+
+
+def test_fit_then_validate_and_test_from_checkpoint(tmp_path, capsys) -> None:
+    common = ["--trainer.logger=false", f"trainer.default_root_dir={tmp_path}", "trainer.limit_val_batches=1",
+              "--model.probe_tasks=null", "--trainer.callbacks=[]"]
+    assert main(["fit", str(TINY_PREFIX), *common, "trainer.max_steps=2", "trainer.val_check_interval=2"]) == 0
+    ckpts = sorted(tmp_path.glob("**/*.ckpt"))
+    assert ckpts
+    capsys.readouterr()
+    for sub in ("validate", "test"):
+        assert main([sub, str(TINY_PREFIX), *common, f"--ckpt_path={ckpts[-1]}"]) == 0
+        assert f"{'val' if sub == 'validate' else 'test'}/agnosticism/layer_3" in capsys.readouterr().out
+    assert main(["validate", str(TINY_PREFIX), *common, f"--ckpt_path={tmp_path / 'missing.ckpt'}"]) == 2
+    assert "missing.ckpt' does not exist" in capsys.readouterr().err

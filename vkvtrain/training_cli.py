@@ -15,6 +15,7 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
@@ -81,11 +82,30 @@ def build_cli(argv: Sequence[str], run: bool = True) -> VKVCLI:
         )
 
 
+def _missing_checkpoint(argv: Sequence[str]) -> str | None:
+    """The --ckpt_path value when it names a file that does not exist (checked before anything loads)."""
+    for i, token in enumerate(argv):
+        value = None
+        if token.startswith("--ckpt_path="):
+            value = token.split("=", 1)[1]
+        elif token == "--ckpt_path" and i + 1 < len(argv):
+            value = argv[i + 1]
+        if value and value not in ("last", "best", "hpc", "registry", "null") and "://" not in value:
+            if not Path(value).expanduser().exists():
+                return value
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry of ``python -m vkvtrain fit|validate|test``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
         print(f"usage: python -m vkvtrain {{{','.join(SUBCOMMANDS)}}} RECIPE.yaml [--key=value ...]", file=sys.stderr)
+        return 2
+    missing = _missing_checkpoint(argv)
+    if missing:
+        print(f"error: --ckpt_path {missing!r} does not exist; pass a .ckpt written by `vkvtrain fit` "
+              "(e.g. <default_root_dir>/.../checkpoints/last.ckpt) or 'last'.", file=sys.stderr)
         return 2
     try:
         build_cli(argv)
