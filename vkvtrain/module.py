@@ -148,7 +148,6 @@ class VKVModule(L.LightningModule):
         self.probe_layers: list[int] = []
         self._agnosticism: Any = None
         self._gap: Any = None
-        self._tasks: list[str] = []
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
