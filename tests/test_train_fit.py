@@ -29,7 +29,7 @@ def _trainer(tmp_path: Path, max_steps: int, every: int | None = None, **kwargs)
     return L.Trainer(
         accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=bool(every), callbacks=callbacks,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=2,
-        val_check_interval=max_steps, **kwargs,
+        val_check_interval=max_steps, default_root_dir=tmp_path, **kwargs,
     )
 
 

@@ -131,7 +131,7 @@ def _hub(spec: DataSource) -> Any:
         obj = datasets.load_dataset(spec.source, spec.subset, revision=spec.revision)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
         raise DatasetError(
-            f"cannot load dataset {spec.source!r} (subset {spec.subset!r}): {str(err).splitlines()[0][:200].rstrip(".")}. "
+            f"cannot load dataset {spec.source!r} (subset {spec.subset!r}): {str(err).splitlines()[0][:200].rstrip('.')}. "
             "Give an existing local path, a hub id reachable from here (unset HF_DATASETS_OFFLINE), or "
             "synthetic://blink?n_per_subtask=8."
         ) from err
