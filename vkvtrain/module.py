@@ -391,12 +391,13 @@ class VKVModule(L.LightningModule):
 
         names = list(rows)
         grid = torch.tensor([rows[n] for n in names]).T.numpy()  # (layers, tasks)
-        fig, ax = plt.subplots(figsize=(1.2 + 0.5 * len(names), 1.0 + 0.3 * len(self.probe_layers)))
+        fig, ax = plt.subplots(figsize=(2.0 + 0.45 * len(names), 2.5 + 0.3 * len(self.probe_layers)))
         image = ax.imshow(grid, aspect="auto", cmap="viridis")
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=6)
         ax.set_yticks(range(len(self.probe_layers)), [str(i) for i in self.probe_layers], fontsize=6)
-        ax.set_ylabel("layer")
-        fig.colorbar(image, ax=ax)
+        ax.set_ylabel("LM layer")
+        ax.set_title(f"{stage} at step {self.global_step}: per-layer probe metrics", fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.03)
         fig.tight_layout()
         for logger in loggers:
             logger.log_image(key=f"{stage}/layer_task_heatmap", images=[fig], step=self.global_step)
