@@ -85,3 +85,22 @@ def test_fit_then_validate_and_test_from_checkpoint(tmp_path, capsys) -> None:
         assert f"{'val' if sub == 'validate' else 'test'}/agnosticism/layer_3" in capsys.readouterr().out
     assert main(["validate", str(TINY_PREFIX), *common, f"--ckpt_path={tmp_path / 'missing.ckpt'}"]) == 2
     assert "missing.ckpt' does not exist" in capsys.readouterr().err
+
+
+def test_online_wandb_recipe_falls_back_to_offline_when_not_logged_in(tmp_path, monkeypatch, capsys) -> None:
+    from helpers_train import REPO
+
+    from vkvtrain.training_cli import build_cli
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    cli = build_cli(["fit", str(REPO / "recipes" / "prefix.yaml"), f"trainer.default_root_dir={tmp_path}",
+                     f"trainer.logger.init_args.save_dir={tmp_path}", "trainer.accelerator=cpu"], run=False)
+    assert cli.trainer.logger._offline is True
+    assert "not logged in" in capsys.readouterr().err
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password " + "x" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    cli = build_cli(["fit", str(REPO / "recipes" / "prefix.yaml"), f"trainer.default_root_dir={tmp_path}",
+                     f"trainer.logger.init_args.save_dir={tmp_path}", "trainer.accelerator=cpu"], run=False)
+    assert cli.trainer.logger._offline is False

@@ -11,12 +11,15 @@ key, and no model is loaded.
 
 from __future__ import annotations
 
+import netrc
+import os
 import re
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -51,11 +54,39 @@ class VKVCLI(LightningCLI):
     """LightningCLI that hands the resolved recipe to the module (it is stored in every checkpoint)."""
 
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        _offline_unless_logged_in(config.get("trainer"))
         self._recipe_yaml = self.parser.dump(self.config, skip_none=False, skip_validation=True)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         self.model.recipe = getattr(self, "_recipe_yaml", "")
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B credentials exist here (WANDB_API_KEY, or the netrc entry `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _offline_unless_logged_in(trainer: Any) -> None:
+    """A WandbLogger asked to run online falls back to offline (with a note) when nobody is logged in."""
+    loggers = getattr(trainer, "logger", None) if trainer is not None else None
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        class_path = getattr(logger, "class_path", "") or ""
+        init_args = getattr(logger, "init_args", None)
+        if not class_path.endswith("WandbLogger") or init_args is None or init_args.get("offline"):
+            continue
+        if os.environ.get("WANDB_MODE") in ("offline", "disabled") or not wandb_logged_in():
+            init_args["offline"] = True
+            print("W&B: not logged in (no WANDB_API_KEY, no netrc entry): logging offline; "
+                  "`wandb login` to log online next time, `wandb sync <run dir>` to upload this run.",
+                  file=sys.stderr)
 
 
 def build_cli(argv: Sequence[str], run: bool = True) -> VKVCLI:
