@@ -10,6 +10,7 @@ value and a layer x task heatmap. Checkpoints hold the trainable tensors and the
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,12 @@ import lightning as L
 import torch
 from torch import nn
 
+from vkvtrain.checkpointing import CHECKPOINT_KEY
 from vkvtrain.data.collate import TrainBatch, TrainingCollator
 from vkvtrain.errors import NonFiniteLossError, RecipeError
 from vkvtrain.interventions.base import Intervention
 from vkvtrain.interventions.key_artifacts import layer_keys, resolve_layers
 from vkvtrain.interventions.quantization import Quantization
-
-from vkvtrain.checkpointing import CHECKPOINT_KEY
 
 
 def output_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -180,6 +180,11 @@ class VKVModule(L.LightningModule):
         self.hf_model = mlm.model  # registered so Lightning moves it; its frozen weights are not checkpointed
         self.probe_layers = (resolve_layers(self.probe_layer_spec, mlm.num_layers, "model.probe_layers")
                              if self.probe_layer_spec is not None else list(range(mlm.num_layers)))
+        from vkvtrain.data.blink import BLINK_SUBTASKS
+        from vkvtrain.probes.surfacing_gap import SurfacingGap
+
+        # Built eagerly (not on the first BLINK-style batch) so every DDP rank takes part in its sync.
+        self._gap = SurfacingGap(num_subtasks=len(BLINK_SUBTASKS), num_layers=len(self.probe_layers))
 
     def collator(self, max_length: int | None = None) -> TrainingCollator:
         """collate_fn for the datamodule: prompts carry the interventions' prefix text before the images."""
@@ -258,14 +263,11 @@ class VKVModule(L.LightningModule):
 
     def _update_gap(self, kv: Any, batch: TrainBatch, correct: torch.Tensor) -> None:
         from vkvtrain.data.blink import BLINK_SUBTASKS
-        from vkvtrain.probes.surfacing_gap import SurfacingGap
 
         rows = [(b, latent_probe_correct(kv, batch, b, self.probe_layers)) for b in range(len(batch))]
         rows = [(b, r) for b, r in rows if r is not None and batch.tasks[b] in BLINK_SUBTASKS]
         if not rows:
             return
-        if self._gap is None:
-            self._gap = SurfacingGap(num_subtasks=len(BLINK_SUBTASKS), num_layers=len(self.probe_layers)).to(self.device)
         index = torch.tensor([b for b, _ in rows])
         self._gap.update(
             torch.tensor([BLINK_SUBTASKS.index(batch.tasks[b]) for b, _ in rows]),
@@ -327,11 +329,15 @@ class VKVModule(L.LightningModule):
                 logged[f"{stage}/agnosticism/layer_{layer}"] = float(result["score"][i])
                 logged[f"{stage}/agnosticism_flagged/layer_{layer}"] = float(result["n_flagged"][i])
             heat_rows["key_agnosticism"] = [float(v) for v in result["score"]]
-        if self._gap is not None and self._gap.update_count > 0:
+        if self._gap is not None:
             from vkvtrain.data.blink import BLINK_SUBTASKS
 
-            result = self._gap.compute()
-            for s in (int(i) for i in (self._gap.total > 0).nonzero().flatten()):
+            with warnings.catch_warnings():  # a split without BLINK-style rows never updates it
+                warnings.filterwarnings("ignore", message=".*compute.*called before.*update.*")
+                result = self._gap.compute()  # summed over ranks
+            for s in range(len(BLINK_SUBTASKS)):
+                if math.isnan(float(result["output_accuracy"][s])):
+                    continue  # no question of this subtask
                 task = BLINK_SUBTASKS[s]
                 logged[f"{stage}/output_accuracy/{task}"] = float(result["output_accuracy"][s])
                 for i, layer in enumerate(self.probe_layers):
