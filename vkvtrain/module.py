@@ -323,8 +323,16 @@ class VKVModule(L.LightningModule):
     def _log_metrics(self, stage: str) -> None:
         logged: dict[str, float] = {}
         heat_rows: dict[str, list[float]] = {}
-        if self._agnosticism is not None and self._agnosticism.update_count > 0 and int(self._agnosticism.count) >= 2:
-            result = self._agnosticism.compute()
+        has_keys = self._agnosticism is not None and self._agnosticism.update_count > 0
+        # All ranks must join the metric's sync, or none: a rank without a same-grid batch has no metric.
+        if self.trainer.strategy.reduce_boolean_decision(has_keys, all=True):
+            try:
+                result = self._agnosticism.compute()
+            except ValueError:  # fewer than two images in the whole split
+                result = None
+        else:
+            result = None
+        if result is not None:
             for i, layer in enumerate(self.probe_layers):
                 logged[f"{stage}/agnosticism/layer_{layer}"] = float(result["score"][i])
                 logged[f"{stage}/agnosticism_flagged/layer_{layer}"] = float(result["n_flagged"][i])
