@@ -20,6 +20,9 @@ def _fit(tmp: Path, *extra: str) -> Path:
     recipe = tiny_recipe(tmp, **{"trainer.max_steps": 2, "trainer.val_check_interval": 2})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
            "PYTHONPATH": str(REPO)}
+    # A wandb run earlier in this pytest process exports WANDB_SERVICE; a child attached to that service
+    # would return before the service has written its run file. Give the child its own service.
+    env.pop("WANDB_SERVICE", None)
     proc = subprocess.run([sys.executable, "-m", "vkvtrain", "fit", str(recipe), *extra], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
