@@ -264,3 +264,16 @@ def test_blocking_holds_for_cached_continuations(tiny_mlm, make_image) -> None:
         unblocked = mlm.model(**full_inputs).logits[:, -3:]
     torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(unblocked, full, atol=1e-4)
+
+
+def test_prefix_hook_handles_unbatched_lookups(tiny_mlm) -> None:
+    mlm = tiny_mlm("llava_next")
+    prefix = LearnedPrefix(num_tokens=2, seed=3)
+    prefix.attach(mlm)
+    table = mlm.model.get_input_embeddings()
+    slot = torch.tensor(prefix.placeholder_id)
+    with torch.no_grad():
+        torch.testing.assert_close(table(slot), prefix.vectors[0])
+        row = table(torch.tensor([5, prefix.placeholder_id, prefix.placeholder_id]))
+        torch.testing.assert_close(row[1:], prefix.vectors)
+        torch.testing.assert_close(row[0], table.weight[5])

@@ -100,6 +100,9 @@ class LearnedPrefix(Intervention):
         slots, self._slots = self._slots, None
         if slots is None:
             return output
+        if slots.dim() < 2:  # an unbatched lookup: (L,) -> (L, H) or () -> (H,)
+            flat = scatter_prefix(output.reshape(1, -1, output.shape[-1]), slots.reshape(1, -1), self.vectors)
+            return flat.reshape(output.shape)
         return scatter_prefix(output, slots, self.vectors)
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
