@@ -61,22 +61,18 @@ def answer_forward(model: nn.Module, inputs: dict[str, Any]) -> tuple[Any, torch
     return out, loss, window
 
 
-def latent_probe_correct(kv: Any, batch: TrainBatch, b: int, layers: list[int]) -> torch.Tensor | None:
-    """(n_layers,) bool: the BLINK latent probe (``vkvtrain.evaluation.latent``) on captured image values
-    picks the gold choice of row ``b``; None where no latent probe is defined for the row's task."""
+def blink_questions(batch: TrainBatch) -> list[Any]:
+    """The batch's rows as ``BlinkQuestion``s (images stand in by count), for the BLINK latent probes."""
     from vkvtrain.data.blink import BlinkQuestion, parse_answer
-    from vkvtrain.evaluation.latent import probe_kind, probe_scores
 
-    n_images = len(batch.spans[b])
-    question = BlinkQuestion(
-        idx=str(b), sub_task=batch.tasks[b], question="", prompt="", choices=batch.choices[b],
-        images=[None] * n_images, answer=parse_answer(batch.answers[b]),  # type: ignore[list-item]
-        points={k: {n: tuple(xy) for n, xy in v.items()} for k, v in batch.points[b].items()} or None,
-    )
-    if not question.choices or probe_kind(question) is None or question.answer_index is None:
-        return None
-    grids = [torch.stack([kv.image(layer, b, i).grid("values") for layer in layers]).float() for i in range(n_images)]
-    return probe_scores(question, grids).argmax(-1).cpu() == question.answer_index
+    return [
+        BlinkQuestion(
+            idx=str(b), sub_task=batch.tasks[b], question="", prompt="", choices=batch.choices[b],
+            images=[None] * len(batch.spans[b]), answer=parse_answer(batch.answers[b]),  # type: ignore[list-item]
+            points={k: {n: tuple(xy) for n, xy in v.items()} for k, v in batch.points[b].items()} or None,
+        )
+        for b in range(len(batch))
+    ]
 
 
 class VKVModule(L.LightningModule):
@@ -264,8 +260,11 @@ class VKVModule(L.LightningModule):
     def _update_gap(self, kv: Any, batch: TrainBatch, correct: torch.Tensor) -> None:
         from vkvtrain.data.blink import BLINK_SUBTASKS
 
-        rows = [(b, latent_probe_correct(kv, batch, b, self.probe_layers)) for b in range(len(batch))]
-        rows = [(b, r) for b, r in rows if r is not None and batch.tasks[b] in BLINK_SUBTASKS]
+        from vkvtrain.evaluation.latent import probe_correct_from_capture
+
+        # (n_layers,) per row over kv.layers (== self.probe_layers), None where no latent probe is defined
+        correct_per_row = probe_correct_from_capture(blink_questions(batch), kv)
+        rows = [(b, r) for b, r in enumerate(correct_per_row) if r is not None and batch.tasks[b] in BLINK_SUBTASKS]
         if not rows:
             return
         index = torch.tensor([b for b, _ in rows])
