@@ -209,3 +209,23 @@ def test_synthetic_clip_objects_move() -> None:
     clip = SYNTHETIC["temporal"](n=1, frames=5)[0]
     assert clip.masks.shape == (5, 64, 64) and clip.object_ids == [1, 2]
     assert not torch.equal(clip.masks[0], clip.masks[-1])
+
+
+@pytest.mark.skipif(not (SHARED / "voc2012_val_samples_vainf" / "labels").is_dir(),
+                    reason="optional real-data smoke check")
+def test_pascal5i_on_real_voc_samples_rebuilt_in_native_layout(tmp_path: Path) -> None:
+    src = SHARED / "voc2012_val_samples_vainf"
+    ids = [p.stem for p in sorted((src / "labels").glob("*.png"))]
+    root = tmp_path / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for i in ids:
+        Image.open(src / "images" / f"{i}.png").convert("RGB").save(root / "JPEGImages" / f"{i}.jpg")
+        (root / "SegmentationClass" / f"{i}.png").symlink_to(src / "labels" / f"{i}.png")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids))
+    ds = Pascal5i(root, fold=0, shots=1)  # fold 0 holds aeroplane (4 samples), bicycle, bird (2 each)...
+    names = {ds[i].class_name for i in range(len(ds))}
+    assert {"aeroplane", "bird"} <= names
+    ep = ds[0]
+    assert ep.query.mask.any() and ep.query.mask.shape == (513, 513)

@@ -172,3 +172,13 @@ def test_single_layer_results_keep_layer_axis_and_plot(tmp_path) -> None:
     fig.savefig(tmp_path / "pck.png")
     assert (tmp_path / "pck.png").stat().st_size > 0
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0"]
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    from vkvtrain.probes import agnosticism, functional, segmentation
+
+    for module in (functional, segmentation, agnosticism):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

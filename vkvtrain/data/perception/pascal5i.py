@@ -32,7 +32,8 @@ class Pascal5i:
     """1-way k-shot episodes of one Pascal-5i fold.
 
     Every (query image, class) pair of the fold list is an episode; its ``shots`` supports are other
-    images of the same class drawn with ``random.Random(seed + index)`` (deterministic). Without a fold
+    images of the same class drawn with ``random.Random(seed + index)`` (deterministic); classes with a
+    single image give no episode. Without a fold
     list, pairs come from ``ImageSets/Segmentation/<split>.txt`` and the classes present in each mask.
     Class ids are VOC ids (1..20), so metrics should use ``num_classes=21``.
     """
@@ -55,10 +56,12 @@ class Pascal5i:
         self.by_class: dict[int, list[str]] = {}
         for image_id, c in pairs:
             self.by_class.setdefault(c, []).append(image_id)
-        for c, ids in self.by_class.items():
-            if len(ids) < 2:
-                raise DatasetError(f"Pascal-5i: class {VOC_CLASSES[c]} has {len(ids)} image(s); an episode needs a "
-                                   f"query and >= 1 support")
+        lonely = {c: len(ids) for c, ids in self.by_class.items() if len(ids) < 2}
+        pairs = [(i, c) for i, c in pairs if c not in lonely]  # a class needs a query and >= 1 support
+        if not pairs:
+            counts = ", ".join(f"{VOC_CLASSES[c]} has {n} image(s)" for c, n in lonely.items())
+            raise DatasetError(f"Pascal-5i: no class of fold {fold} has >= 2 images ({counts}); an episode needs a "
+                               f"query and >= 1 support")
         self.pairs = pairs[:limit] if limit else pairs
 
     def _read_fold_list(self, path: Path) -> list[tuple[str, int]]:
