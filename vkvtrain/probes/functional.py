@@ -101,8 +101,8 @@ def segmentation_stats(pred: Tensor, target: Tensor, ignore: Tensor | None = Non
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
-    p, t = pred.bool(), target.bool()
-    keep = torch.ones_like(p) if ignore is None else ~ignore.bool()
+    p, t = pred.bool(), target.bool().to(pred.device)
+    keep = torch.ones_like(p) if ignore is None else ~ignore.bool().to(pred.device)
     i_fg = (p & t & keep).sum()
     u_fg = ((p | t) & keep).sum()
     i_bg = (~p & ~t & keep).sum()
