@@ -99,3 +99,18 @@ def test_encoder_baseline_row_matches_transformers(tiny_mlm, tmp_path: Path) -> 
     for f, w in zip(feats, want):
         assert f.rows["encoder"].shape == (4, 4, 32)
         assert torch.allclose(f.rows["encoder"], w, atol=1e-5)
+
+
+def test_probe_run_with_encoder_baseline_writes_encoder_row(tmp_path: Path) -> None:
+    import json
+
+    from vkvtrain.probes.cli import main
+
+    _tiny_siglip(tmp_path / "siglip")
+    code = main(["--model", "tiny://llava_onevision", "--encoder", str(tmp_path / "siglip"), "--tasks",
+                 "keypoints,coseg", "--data.keypoints.n", "2", "--data.coseg.n", "1", "--output_dir",
+                 str(tmp_path / "out"), "--progress", "false"])
+    assert code == 0
+    results = json.loads((tmp_path / "out" / "probes.json").read_text())["results"]["tiny://llava_onevision"]
+    assert list(results["keypoints"]["pck"])[-2:] == ["vision", "encoder"]
+    assert 0 <= results["coseg"]["jaccard"]["encoder"] <= 1
