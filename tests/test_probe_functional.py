@@ -170,3 +170,14 @@ def test_input_agnosticism_and_flags() -> None:
     assert torch.allclose(PF.agnosticism_from_moments(s1 + s2, q1 + q2, n1 + n2), agn, atol=1e-6)
     with pytest.raises(ValueError, match="n_images >= 2"):
         PF.input_agnosticism(keys[:1])
+
+
+def test_logistic_regression_fits_under_inference_mode() -> None:
+    gen = torch.Generator().manual_seed(5)
+    y = torch.arange(40) % 2
+    x = torch.randn(40, 3, generator=gen) + 3 * y[:, None].float()
+    w_ref, b_ref = PF.fit_logistic_regression(x, y)
+    with torch.inference_mode():
+        xi, yi = x.clone(), y.clone()
+        w, b = PF.fit_logistic_regression(xi, yi)
+    assert torch.allclose(w, w_ref) and torch.allclose(b, b_ref)

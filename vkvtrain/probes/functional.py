@@ -131,6 +131,12 @@ def fit_logistic_regression(
     """
     if x.dim() != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"expected x (n, D) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    # Works under no_grad / inference_mode too (Lightning validation): the fit needs its own autograd.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _fit_logreg(x.clone(), y.clone(), c, balanced, max_iter)
+
+
+def _fit_logreg(x: Tensor, y: Tensor, c: float, balanced: bool, max_iter: int) -> tuple[Tensor, Tensor]:
     xd = x.double()
     yd = y.double()
     n = yd.numel()
@@ -154,8 +160,7 @@ def fit_logistic_regression(
         loss.backward()
         return loss
 
-    with torch.enable_grad():
-        opt.step(closure)
+    opt.step(closure)
     params = params.detach().float()
     return params[:-1], params[-1]
 
