@@ -15,13 +15,14 @@ from vkvtrain.probes import functional as PF
 from helpers_probes import block_mask, planted_feats, shuffled
 
 
+@pytest.mark.parametrize("method", ["newton", "lbfgs"])
 @pytest.mark.parametrize("balanced", [False, True])
-def test_logistic_regression_matches_sklearn(balanced: bool) -> None:
+def test_logistic_regression_matches_sklearn(balanced: bool, method: str) -> None:
     gen = torch.Generator().manual_seed(0)
     n, d = 120, 6
     y = (torch.rand(n, generator=gen) < 0.3).long()
     x = torch.randn(n, d, generator=gen) + 2.0 * y[:, None] * torch.tensor([1.0, -1, 0.5, 0, 0, 0])
-    w, b = PF.fit_logistic_regression(x, y, c=0.5, balanced=balanced)
+    w, b = PF.fit_logistic_regression(x, y, c=0.5, balanced=balanced, method=method)
     ref = LogisticRegression(C=0.5, class_weight="balanced" if balanced else None, tol=1e-10, max_iter=1000)
     ref.fit(x.numpy(), y.numpy())
     np.testing.assert_allclose(w.numpy(), ref.coef_[0], atol=2e-3, rtol=1e-3)
@@ -172,12 +173,29 @@ def test_input_agnosticism_and_flags() -> None:
         PF.input_agnosticism(keys[:1])
 
 
-def test_logistic_regression_fits_under_inference_mode() -> None:
+@pytest.mark.parametrize("method", ["newton", "lbfgs"])
+def test_logistic_regression_fits_under_inference_mode(method: str) -> None:
     gen = torch.Generator().manual_seed(5)
     y = torch.arange(40) % 2
     x = torch.randn(40, 3, generator=gen) + 3 * y[:, None].float()
-    w_ref, b_ref = PF.fit_logistic_regression(x, y)
+    w_ref, b_ref = PF.fit_logistic_regression(x, y, method=method)
     with torch.inference_mode():
         xi, yi = x.clone(), y.clone()
-        w, b = PF.fit_logistic_regression(xi, yi)
+        w, b = PF.fit_logistic_regression(xi, yi, method=method)
     assert torch.allclose(w, w_ref) and torch.allclose(b, b_ref)
+
+
+def test_logistic_regression_separable_high_dim_newton_equals_lbfgs() -> None:
+    """More features than tokens and separable classes (the few-shot regime): both solvers, one optimum."""
+    gen = torch.Generator().manual_seed(11)
+    n, d = 60, 150
+    y = torch.arange(n) % 3 == 0
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=gen) + 0.5 * y[:, None].float(), dim=-1)
+    w_n, b_n = PF.fit_logistic_regression(x, y.long(), c=10.0, method="newton")
+    w_l, b_l = PF.fit_logistic_regression(x, y.long(), c=10.0, method="lbfgs", max_iter=500)
+    assert torch.allclose(w_n, w_l, atol=1e-3) and abs(float(b_n - b_l)) < 1e-3
+    assert bool((((x @ w_n + b_n) > 0) == y).all())
+    ref = LogisticRegression(C=10.0, class_weight="balanced", tol=1e-10, max_iter=5000).fit(x.numpy(), y.numpy())
+    np.testing.assert_allclose(w_n.numpy(), ref.coef_[0], atol=2e-3)
+    with pytest.raises(ValueError, match="method 'sgd' is unknown"):
+        PF.fit_logistic_regression(x, y.long(), method="sgd")  # type: ignore[arg-type]

@@ -117,12 +117,18 @@ def fit_logistic_regression(
     c: float = 1.0,
     balanced: bool = True,
     max_iter: int = 100,
+    method: Literal["auto", "newton", "lbfgs"] = "auto",
 ) -> tuple[Tensor, Tensor]:
-    """Binary L2-regularised logistic regression, fitted with L-BFGS (strong Wolfe line search).
+    """Binary L2-regularised logistic regression, fitted in float64.
 
     Minimises ``c * sum_i s_i * logloss(x_i, y_i) + 0.5 * ||w||^2`` (bias not penalised), the same
     objective as scikit-learn's ``LogisticRegression(C=c, class_weight='balanced' if balanced else None)``;
     ``s_i = n / (2 * n_{y_i})`` when ``balanced`` else 1.
+
+    ``method="newton"`` takes exact Newton steps (Cholesky of the ``(D+1, D+1)`` Hessian, backtracking line
+    search): a handful of iterations, each one ``n * D^2`` matmul. ``"lbfgs"`` uses L-BFGS with a strong
+    Wolfe line search: cheap per step but many small steps. ``"auto"`` picks Newton up to
+    ``D = NEWTON_MAX_DIM`` (every key/value row of the supported models) and L-BFGS above it.
 
     Args:
         x: ``(n, D)`` features. y: ``(n,)`` labels in {0, 1}.
@@ -131,38 +137,83 @@ def fit_logistic_regression(
     """
     if x.dim() != 2 or y.shape != x.shape[:1]:
         raise ValueError(f"expected x (n, D) and y (n,), got {tuple(x.shape)} and {tuple(y.shape)}")
-    # Works under no_grad / inference_mode too (Lightning validation): the fit needs its own autograd.
-    with torch.inference_mode(False), torch.enable_grad():
-        return _fit_logreg(x.clone(), y.clone(), c, balanced, max_iter)
-
-
-def _fit_logreg(x: Tensor, y: Tensor, c: float, balanced: bool, max_iter: int) -> tuple[Tensor, Tensor]:
-    xd = x.double()
-    yd = y.double()
-    n = yd.numel()
-    n_pos = yd.sum()
-    if n_pos == 0 or n_pos == n:
+    if method not in ("auto", "newton", "lbfgs"):
+        raise ValueError(f"method {method!r} is unknown; use 'auto', 'newton' or 'lbfgs'")
+    xd, yd = x.detach().double(), y.detach().double()
+    n, n_pos = yd.numel(), float(yd.sum())
+    if n_pos in (0.0, float(n)):
         # One class only: a constant classifier is the optimum of the unpenalised bias.
         sign = 1.0 if n_pos == n else -1.0
         return torch.zeros(x.shape[1], device=x.device), torch.tensor(sign * 10.0, device=x.device)
     weights = torch.ones_like(yd)
     if balanced:
         weights = torch.where(yd > 0, n / (2 * n_pos), n / (2 * (n - n_pos)))
-    params = torch.zeros(x.shape[1] + 1, dtype=torch.float64, device=x.device, requires_grad=True)
+    if method == "newton" or (method == "auto" and x.shape[1] <= NEWTON_MAX_DIM):
+        params = _logreg_newton(xd, yd, c * weights, max_iter)
+    else:
+        # Works under no_grad / inference_mode too (Lightning validation): L-BFGS needs its own autograd.
+        with torch.inference_mode(False), torch.enable_grad():
+            params = _logreg_lbfgs(xd.clone(), yd.clone(), c * weights.clone(), max_iter)
+    params = params.float()
+    return params[:-1], params[-1]
+
+
+#: largest feature dimension ``fit_logistic_regression(method="auto")`` fits with Newton steps
+NEWTON_MAX_DIM = 1024
+
+
+def _logreg_objective(xb: Tensor, yd: Tensor, cw: Tensor, params: Tensor) -> Tensor:
+    """``sum_i cw_i * logloss_i + 0.5 * ||w||^2`` for ``xb (n, D+1)`` (last column ones), ``params (D+1,)``."""
+    logits = xb @ params
+    return (cw * F.binary_cross_entropy_with_logits(logits, yd, reduction="none")).sum() \
+        + 0.5 * params[:-1].pow(2).sum()
+
+
+def _logreg_newton(xd: Tensor, yd: Tensor, cw: Tensor, max_iter: int) -> Tensor:
+    """Newton's method with Armijo backtracking; ``(D+1,)`` float64 parameters (bias last)."""
+    xb = torch.cat([xd, torch.ones_like(xd[:, :1])], dim=1)  # (n, D+1)
+    penalty = torch.ones(xb.shape[1], dtype=xb.dtype, device=xb.device)
+    penalty[-1] = 0.0  # the bias is not penalised
+    # The jitter only keeps the Hessian definite should every probability saturate.
+    curvature_floor = torch.diag(penalty + 1e-12)
+    params = torch.zeros(xb.shape[1], dtype=xb.dtype, device=xb.device)
+    loss = _logreg_objective(xb, yd, cw, params)
+    for _ in range(max_iter):
+        p = torch.sigmoid(xb @ params)
+        grad = xb.T @ (cw * (p - yd)) + penalty * params
+        if float(grad.abs().max()) < 1e-10:
+            break
+        hess = (xb.T * (cw * p * (1 - p))) @ xb + curvature_floor
+        step = torch.cholesky_solve(-grad[:, None], torch.linalg.cholesky(hess))[:, 0]
+        t, slope = 1.0, float(grad @ step)
+        while True:
+            trial = params + t * step
+            trial_loss = _logreg_objective(xb, yd, cw, trial)
+            if float(trial_loss) <= float(loss) + 1e-4 * t * slope or t < 1e-10:
+                break
+            t *= 0.5
+        converged = float(loss - trial_loss) <= 1e-14 * max(1.0, abs(float(loss)))
+        params, loss = trial, trial_loss
+        if converged:
+            break
+    return params
+
+
+def _logreg_lbfgs(xd: Tensor, yd: Tensor, cw: Tensor, max_iter: int) -> Tensor:
+    """L-BFGS (strong Wolfe); ``(D+1,)`` float64 parameters (bias last)."""
+    xb = torch.cat([xd, torch.ones_like(xd[:, :1])], dim=1)
+    params = torch.zeros(xb.shape[1], dtype=torch.float64, device=xd.device, requires_grad=True)
     opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
                             tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
-        logits = xd @ params[:-1] + params[-1]
-        loss = c * (weights * F.binary_cross_entropy_with_logits(logits, yd, reduction="none")).sum()
-        loss = loss + 0.5 * params[:-1].pow(2).sum()
+        loss = _logreg_objective(xb, yd, cw, params)
         loss.backward()
         return loss
 
     opt.step(closure)
-    params = params.detach().float()
-    return params[:-1], params[-1]
+    return params.detach()
 
 
 def _l2n(x: Tensor) -> Tensor:
