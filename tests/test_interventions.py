@@ -9,7 +9,6 @@ from vkvtrain import Prompt
 from vkvtrain.interventions import AttentionBlocking, KeyArtifactSuppression, LateLoRA, LearnedPrefix, Quantization
 from vkvtrain.interventions.blocking import block_mask
 from vkvtrain.interventions.key_artifacts import agnostic_fraction, shared_key_energy
-from vkvtrain.interventions.prefix import PLACEHOLDER
 from vkvtrain.probes.functional import input_agnosticism
 
 

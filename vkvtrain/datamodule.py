@@ -12,10 +12,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from vkvtrain.data.training import DataSource, ExampleDataset, TrainingExample
+from vkvtrain.data.training import DataSource, ExampleDataset
 from vkvtrain.errors import RecipeError
 
 

@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-from torch import Tensor
 
 from vkvtrain.data.blink import BlinkQuestion
 from vkvtrain.evaluation.protocol import PromptProtocol
-from vkvtrain.models.base import unwrap_model
 from vkvtrain.prompts import EncodedBatch, Prompt
 
 PrefillHook = Callable[[EncodedBatch, Any], None]
@@ -37,23 +35,6 @@ class Answer:
 
 def prompts_for(questions: Sequence[BlinkQuestion], protocol: PromptProtocol) -> list[Prompt]:
     return [Prompt(images=list(q.images), text=protocol.text(q), prefix=protocol.prefix) for q in questions]
-
-
-def _continuation_position_ids(model: Any, prefix_mask: Tensor, rows: Tensor, T: int) -> Tensor | None:
-    """Positions of continuation tokens when the model does not derive them from the cache length.
-
-    Models with multimodal rotary positions (transformers' ``rope_deltas`` convention, Qwen2-VL family)
-    give the prompt positions that differ from cache indices; the next position of row b is
-    ``n_real_tokens[b] + rope_deltas[b]``. Returns (3, R, T) for those, None for 1-D RoPE models (whose
-    positions are the cache indices, which a plain call continues correctly).
-    """
-    inner = getattr(unwrap_model(model), "model", None)
-    deltas = getattr(inner, "rope_deltas", None)
-    if deltas is None:
-        return None
-    nxt = prefix_mask.sum(1, keepdim=True).to(deltas.device) + deltas  # (B, 1)
-    pos = nxt[rows.to(deltas.device)] + torch.arange(T, device=deltas.device)[None]  # (R, T)
-    return pos[None].expand(3, -1, -1)
 
 
 @torch.no_grad()
@@ -107,7 +88,7 @@ def score_choices(
             past_key_values=cache,
             use_cache=True,
         )
-        pos = _continuation_position_ids(mlm.model, prefix_mask, torch.arange(B), T)
+        pos = mlm.adapter.continuation_position_ids(mlm.model, prefix_mask, torch.arange(B), T)
         if pos is not None:
             kwargs["position_ids"] = pos
         step_logp = mlm.model(**kwargs).logits.float().log_softmax(-1).cpu()  # (B, T, V)

@@ -99,6 +99,17 @@ class FamilyAdapter(ABC):
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return (keys * cos) + (rotate_half(keys) * sin)
 
+    def continuation_position_ids(self, model: nn.Module, prompt_mask: torch.Tensor, rows: torch.Tensor,
+                                  length: int) -> torch.Tensor | None:
+        """Position ids of ``length`` tokens that continue a cached prompt, or None when the model derives
+        them from the cache length itself (1-D RoPE: positions are cache indices).
+
+        Args:
+            model: the model that just ran the prompt (its own position state is read).
+            prompt_mask: (B, L) the prompt's attention mask. rows: (R,) which prompt each continuation extends.
+        """
+        return None
+
     # --- prompts -----------------------------------------------------------------------------
     def messages(self, n_images: int, text: str) -> list[dict[str, Any]]:
         """One user turn: the images first, then the text (the family's own template decides the layout)."""

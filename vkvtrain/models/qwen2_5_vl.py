@@ -46,6 +46,19 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
             grids.append((h // merge, w // merge))
         return grids
 
+    def continuation_position_ids(self, model: nn.Module, prompt_mask: torch.Tensor, rows: torch.Tensor,
+                                  length: int) -> torch.Tensor | None:
+        """(3, R, length) M-RoPE positions: image tokens advance positions by their grid, not their count, so
+        the next position of prompt b is ``n_real_tokens[b] + rope_deltas[b]``, where transformers keeps
+        ``rope_deltas`` (B, 1) from the prompt's forward."""
+        deltas = getattr(unwrap_model(model).model, "rope_deltas", None)
+        if deltas is None:
+            raise PromptError("Qwen2.5-VL continuation asked before a prompt forward set rope_deltas; "
+                              "run the prompt through the model first.")
+        nxt = prompt_mask.sum(1, keepdim=True).to(deltas.device) + deltas  # (B, 1)
+        pos = nxt[rows.to(deltas.device)] + torch.arange(length, device=deltas.device)[None]  # (R, length)
+        return pos[None].expand(3, -1, -1)
+
     def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
         visual = unwrap_model(model).model.visual
         merge = self.merge_size(model)
