@@ -220,9 +220,11 @@ class VKVModule(L.LightningModule):
                 self.log(f"train/{type(intervention).__name__}_{i}", extra.detach(), batch_size=len(batch))
                 loss = loss + extra
         if not torch.isfinite(loss):
+            callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+            folder = getattr(callback, "dirpath", None) or "the checkpoint folder"
             raise NonFiniteLossError(
-                f"the training loss became {float(loss)} at global step {self.global_step} (batch {batch_idx}); "
-                "training stopped. The last good checkpoint is kept in the checkpoint folder: lower "
+                f"the training loss became {float(loss.detach())} at global step {self.global_step} "
+                f"(batch {batch_idx}); training stopped. The last good checkpoint is kept in {folder}: lower "
                 "model.learning_rate or an intervention weight and resume from it with --ckpt_path."
             )
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch))
