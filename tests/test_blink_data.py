@@ -12,6 +12,7 @@ from scipy import ndimage
 from vkvtrain.data.blink import BLINK_SUBTASKS, load_blink, parse_answer
 from vkvtrain.data.synthetic_blink import synthetic_blink, synthetic_blink_questions, write_synthetic_blink
 from vkvtrain.errors import DatasetError
+from shared_data import SHARED_DATA
 
 # (images, choices) per subtask, as in the hub data.
 FORMAT = {
@@ -137,7 +138,7 @@ def test_answer_field_parsing() -> None:
     assert parse_answer("hidden") is None and parse_answer("") is None and parse_answer(None) is None
 
 
-ANSWER_KEY = Path("/work/shared/data/blink_benchmark/val_answers.json")
+ANSWER_KEY = SHARED_DATA / "blink_benchmark" / "val_answers.json"
 
 
 @pytest.mark.skipif(not ANSWER_KEY.exists(), reason="optional: the real BLINK val answer key is not on this machine")

@@ -15,8 +15,9 @@ from vkvtrain.data.perception import (DAVIS, LOADERS, CosegGroup, FewShotEpisode
                                       MSRCCoseg, Pascal5i, RefCOCO, SegSample, SPair71k, VideoClip)
 from vkvtrain.data.synthetic_perception import COLORS, SYNTHETIC, SyntheticKeypointPairs
 from vkvtrain.errors import DatasetError
+from shared_data import SHARED_DATA
 
-SHARED = Path("/work/shared/data")
+SHARED = SHARED_DATA
 
 
 def _rgb(path: Path, w: int = 20, h: int = 16, seed: int = 0) -> None:
