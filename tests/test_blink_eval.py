@@ -80,14 +80,14 @@ def test_config_overrides_and_missing_data(tmp_path: Path, capsys) -> None:
     assert cfg.model == "tiny://qwen2_5_vl" and cfg.data.root == "/x" and cfg.probes.probe_layer == 2
     assert cfg.prompt.pre_prompt.startswith("Note: You only need to respond with {} without")
     write_synthetic_blink(tmp_path / "d", 1, subtasks=["Counting"])
-    assert main([CONFIG, "--data.root", str(tmp_path / "d"), "--data.subtasks", '["Jigsaw"]']) == 2
+    assert main([CONFIG, "--model", "tiny://llava_onevision", "--data.root", str(tmp_path / "d"), "--data.subtasks", '["Jigsaw"]']) == 2
     assert "Jigsaw" in capsys.readouterr().err
     assert main([CONFIG, "--model", "tiny://llava_onevision", "--data.source", "synthetic",
                  "--ckpt_path", str(tmp_path / "none.ckpt")]) == 2
     assert "none.ckpt" in capsys.readouterr().err
 
 
-def test_trained_checkpoint_is_evaluated_with_its_interventions(tmp_path: Path) -> None:
+def test_trained_checkpoint_is_evaluated_with_its_interventions(tmp_path: Path, capsys) -> None:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -116,7 +116,14 @@ def test_trained_checkpoint_is_evaluated_with_its_interventions(tmp_path: Path) 
             "--data.subtasks", subtasks, "--progress", "false", "--probes.probe_layer", "0"]
     assert main([*args, "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "trained")]) == 0
     assert main([*args, "--output_dir", str(tmp_path / "base")]) == 0
+    # without --model the checkpoint's own model is loaded; without either there is nothing to evaluate
+    no_model = [a for a in args if a not in ("--model", "tiny://llava_onevision")]
+    assert main([*no_model, "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "own")]) == 0
+    assert main([*no_model, "--output_dir", str(tmp_path / "none")]) == 2
+    assert "pass --model" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    _, own, _ = _read(tmp_path / "own")
     _, trained, _ = _read(tmp_path / "trained")
+    assert own == trained
     _, base, _ = _read(tmp_path / "base")
 
     # Oracle: the fitted in-memory model, prompted with its learned prefix, gives the same scores.

@@ -86,6 +86,24 @@ def apply_checkpoint(mlm: Any, ckpt_path: str) -> str | None:
     return prompt_prefix(restore_into(mlm, ckpt_path))
 
 
+def resolve_model(cfg: EvalConfig) -> str:
+    """The model to load: ``cfg.model``, else the model the checkpoint was trained on."""
+    trained_on = None
+    if cfg.ckpt_path:
+        from vkvtrain.checkpointing import CHECKPOINT_KEY, read_checkpoint
+
+        trained_on = read_checkpoint(cfg.ckpt_path)[CHECKPOINT_KEY].get("model")
+    if cfg.model is None:
+        if trained_on is None:
+            raise RecipeError("no model to evaluate: pass --model (hub id, local folder or tiny://<family>) "
+                              "or --ckpt_path of a vkvtrain training checkpoint")
+        return str(trained_on)
+    if trained_on is not None and cfg.model != trained_on:
+        print(f"note: {cfg.ckpt_path} was trained on {trained_on}; its interventions are applied to {cfg.model}",
+              file=sys.stderr)
+    return cfg.model
+
+
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate as configured; returns the results dict (also written to cfg.output_dir)."""
     import torch
@@ -94,6 +112,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from vkvtrain.evaluation.blink import EvalOptions, evaluate_blink
     from vkvtrain.evaluation.report import log_wandb, write_outputs
 
+    cfg.model = resolve_model(cfg)
     questions = load_questions(cfg)  # data errors surface before the (slow) model load
     if not questions:
         raise RecipeError("no BLINK questions selected; check data.subtasks and data.limit")

@@ -46,13 +46,14 @@ class WandbConfig:
 class EvalConfig:
     """One BLINK evaluation run.
 
-    model: hub id, local HF folder or tiny://<family>[@mid]. ckpt_path: a vkvtrain training checkpoint whose
-    interventions are applied to ``model`` before evaluating (vkvtrain.checkpointing.restore_into).
+    model: hub id, local HF folder or tiny://<family>[@mid]; None with ``ckpt_path`` = the model the checkpoint
+    was trained on. ckpt_path: a vkvtrain training checkpoint whose interventions are applied to the model
+    before evaluating (vkvtrain.checkpointing.restore_into).
     dtype: "bfloat16" | "float16" | "float32" | None. device: "cpu", "cuda", "cuda:1"... (None: cuda when
     available). mode: "likelihood" (choice scoring from one cached prefill) or "generate".
     """
 
-    model: str = "tiny://llava_onevision"
+    model: str | None = None
     ckpt_path: str | None = None
     dtype: str | None = None
     device: str | None = None
