@@ -141,6 +141,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         )
         log_wandb(results, run_)
         run_.finish()
+    print((out / "results.md").read_text())
     macro = results["macro"]
     print(f"BLINK macro {100 * macro:.1f}" if macro is not None else "BLINK: no gold answers", f"-> {out}")
     return results
