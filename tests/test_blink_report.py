@@ -54,6 +54,10 @@ def test_writes_three_files_with_strict_json(tmp_path) -> None:
     md = (tmp_path / "results.md").read_text()
     assert "| Art_Style | 2 | 50.0 | 0.0 |" in md and "macro (official)" in md and "| Art_Style | 2 | 2 | 50.0 | 100.0 | 50.0 | - |" in md
     assert md == markdown(res)
+    assert "No held-out questions" not in md
+    res["latent"]["layer_selection"] = "heldout"
+    res["latent"]["subtasks"]["Art_Style"].update(layer=None, probe_accuracy=None, gap_all=None)
+    assert "No held-out questions to choose a layer on in: Art_Style." in markdown(res)
 
 
 def test_wandb_tables_offline(tmp_path, monkeypatch) -> None:

@@ -83,6 +83,10 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {name} | {_fmt(v['layer'], False)} | {v['n']} | {_fmt(v['output_accuracy'])} | "
                 f"{_fmt(v['probe_accuracy'])} | {_fmt(v['gap_all'])} | {_fmt(v['gap_wrong'])} |"
             )
+        unchosen = [name for name, v in latent["subtasks"].items() if v["layer"] is None]
+        if unchosen and latent["layer_selection"] == "heldout":
+            lines += ["", f"No held-out questions to choose a layer on in: {', '.join(unchosen)}. Evaluate more "
+                      "questions or fix the layer (probes.probe_layer); per-layer numbers are in results.json."]
     return "\n".join(lines) + "\n"
 
 
