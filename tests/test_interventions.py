@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vkvtrain import Prompt
+from vkvtrain.errors import RecipeError
 from vkvtrain.interventions import AttentionBlocking, KeyArtifactSuppression, LateLoRA, LearnedPrefix, Quantization
 from vkvtrain.interventions.blocking import block_mask
 from vkvtrain.interventions.key_artifacts import agnostic_fraction, shared_key_energy
@@ -211,6 +212,21 @@ def test_blocking_calibration_finds_planted_positions(tiny_mlm, make_image) -> N
     blocking = AttentionBlocking(layers=[layer], top_k=2)
     blocking.attach(mlm)
     assert blocking.calibrate(mlm, [batch]) == {layer: planted}
+    # the control: as many random positions, seeded, drawn from the whole span
+    n_tokens = batch.spans[0][0].stop - batch.spans[0][0].start
+    draws = []
+    for seed in (0, 0, 1):
+        control = AttentionBlocking(layers=[layer, layer - 1], top_k=2, selection="random", seed=seed)
+        control.attach(mlm)
+        draws.append(control.calibrate(mlm, [batch]))
+        control.detach()
+    assert draws[0] == draws[1] != draws[2]
+    for picked in draws[0].values():
+        assert len(set(picked)) == 2 and all(0 <= p < n_tokens for p in picked)
+    assert draws[0][layer] != draws[0][layer - 1] or draws[2][layer] != draws[2][layer - 1]
+    assert control.init_args()["selection"] == "random"
+    with pytest.raises(RecipeError, match="selection 'best' is unknown"):
+        AttentionBlocking(layers=[1], selection="best")  # type: ignore[arg-type]
     handle.remove()
 
 

@@ -8,13 +8,15 @@ causal), eager an additive float mask (0 or the dtype's minimum). A flagged key 
 query only, so no row of the mask becomes empty.
 
 Positions come from a recipe (``positions``), or are chosen at calibration time as the ``top_k`` most
-input-agnostic key positions per layer (``calibrate``; see interventions.key_artifacts).
+input-agnostic key positions per layer (``calibrate``; see interventions.key_artifacts). The control
+``selection="random"`` blocks ``top_k`` uniformly drawn positions per layer instead (seeded), so a gain from
+blocking artifacts can be told apart from a gain from blocking any that many keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -65,14 +67,21 @@ class AttentionBlocking(Intervention):
         positions: span-relative token indices to block, for every chosen layer. Leave None to have
             ``calibrate`` pick the ``top_k`` most input-agnostic positions of each layer.
         top_k: positions per layer chosen by calibration.
+        selection: "agnostic" (the most input-agnostic keys) or "random" (the control: ``top_k`` positions
+            drawn uniformly from the image span, per layer, with ``seed``).
     """
 
-    def __init__(self, layers: list[int], positions: list[int] | None = None, top_k: int = 4) -> None:
+    def __init__(self, layers: list[int], positions: list[int] | None = None, top_k: int = 4,
+                 selection: Literal["agnostic", "random"] = "agnostic", seed: int = 0) -> None:
         super().__init__()
         if not layers:
             raise RecipeError("AttentionBlocking.layers is empty; name at least one LM layer.")
+        if selection not in ("agnostic", "random"):
+            raise RecipeError(f"AttentionBlocking.selection {selection!r} is unknown; use 'agnostic' or 'random'.")
         self.layers = list(layers)
         self.top_k = top_k
+        self.selection = selection
+        self.seed = seed
         self._resolved: list[int] = []
         # (len(layers), K) span-relative positions per resolved layer; -1 pads; empty until known.
         self.register_buffer("positions", torch.empty(0, 0, dtype=torch.long))
@@ -109,7 +118,8 @@ class AttentionBlocking(Intervention):
 
     @torch.no_grad()
     def calibrate(self, mlm: Any, batches: Iterable[Any]) -> dict[int, list[int]]:
-        """Pick the ``top_k`` most input-agnostic key positions per layer (``probes.input_agnosticism``).
+        """Pick the ``top_k`` most input-agnostic key positions per layer (``probes.input_agnosticism``), or
+        ``top_k`` random ones per layer for ``selection="random"``.
 
         ``batches`` are encoded batches (``mlm.encode`` output) holding >= 2 same-grid images in total.
         Keys are read as cached (post-RoPE), as attention sees them.
@@ -129,12 +139,16 @@ class AttentionBlocking(Intervention):
         finally:
             self._enabled = blocked
         chosen = {}
+        generator = torch.Generator().manual_seed(self.seed)
         for layer, parts in keys.items():
             stacked = torch.cat(parts) if parts else None
             if stacked is None or stacked.shape[0] < 2:
                 raise RecipeError("AttentionBlocking.calibrate needs >= 2 same-grid images; give more batches.")
-            score = input_agnosticism(stacked)  # (N,)
-            chosen[layer] = sorted(score.topk(min(self.top_k, score.numel())).indices.tolist())
+            n_positions, k = stacked.shape[1], min(self.top_k, stacked.shape[1])
+            if self.selection == "random":
+                chosen[layer] = sorted(torch.randperm(n_positions, generator=generator)[:k].tolist())
+            else:
+                chosen[layer] = sorted(input_agnosticism(stacked).topk(k).indices.tolist())
         self.set_positions(chosen)
         return chosen
 
@@ -196,4 +210,5 @@ class AttentionBlocking(Intervention):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def init_args(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "positions": self._given, "top_k": self.top_k}
+        return {"layers": list(self.layers), "positions": self._given, "top_k": self.top_k,
+                "selection": self.selection, "seed": self.seed}
