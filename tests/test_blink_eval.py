@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers_blink import one_torch_thread  # noqa: F401 (autouse fixture)
 from vkvtrain.data.blink import BLINK_SUBTASKS
@@ -136,3 +137,38 @@ def test_trained_checkpoint_is_evaluated_with_its_interventions(tmp_path: Path, 
 
     torch.testing.assert_close(flat(trained), flat(expected))
     assert (flat(trained) - flat(base)).abs().max() > 1e-3  # the learned prefix changed the answers' scores
+
+
+def test_evaluate_applies_configured_blocking_like_the_in_memory_oracle(tmp_path: Path, capsys) -> None:
+    """`interventions:` in the eval config: explicit positions give the scores of the same blocking attached by
+    hand; positions left to calibration are chosen on the first questions' images and written to results.json."""
+    from vkvtrain import load_mlm
+    from vkvtrain.data.synthetic_blink import synthetic_blink_questions
+    from vkvtrain.evaluation.blink import EvalOptions, ProbeOptions, evaluate_blink
+    from vkvtrain.interventions import AttentionBlocking
+
+    subtasks = ["Counting", "Art_Style"]
+    args = [CONFIG, "--model", "tiny://llava_onevision", "--data.source", "synthetic", "--data.synthetic_n", "2",
+            "--data.subtasks", json.dumps(subtasks), "--progress", "false", "--probes.enabled", "false"]
+    spec = '[{"class_path": "vkvtrain.interventions.AttentionBlocking", "init_args": {"layers": [-2, -1], "positions": [0, 3, 5]}}]'
+    assert main([*args, "--interventions", spec, "--output_dir", str(tmp_path / "blocked")]) == 0
+    assert main([*args, "--output_dir", str(tmp_path / "base")]) == 0
+    res, blocked, _ = _read(tmp_path / "blocked")
+    _, base, _ = _read(tmp_path / "base")
+    assert res["interventions"][0]["blocked_positions"] == {"2": [0, 3, 5], "3": [0, 3, 5]}
+
+    mlm = load_mlm("tiny://llava_onevision")
+    AttentionBlocking(layers=[-2, -1], positions=[0, 3, 5]).attach(mlm)
+    expected, _ = evaluate_blink(mlm, synthetic_blink_questions(2, 0, subtasks),
+                                 EvalOptions(probes=ProbeOptions(enabled=False)), progress=False)
+    flat = lambda recs: torch.tensor([s for r in recs for s in r["scores"]])  # noqa: E731
+    torch.testing.assert_close(flat(blocked), flat(expected))
+    assert (flat(blocked) - flat(base)).abs().max() > 1e-4
+
+    calibrated = '[{"class_path": "vkvtrain.interventions.AttentionBlocking", "init_args": {"layers": [-1], "top_k": 3}}]'
+    assert main([*args, "--interventions", calibrated, "--calibration_questions", "2",
+                 "--output_dir", str(tmp_path / "calibrated")]) == 0
+    picked = _read(tmp_path / "calibrated")[0]["interventions"][0]["blocked_positions"]["3"]
+    assert len(picked) == 3 and picked == sorted(set(picked))
+    assert main([*args, "--interventions", '[{"init_args": {}}]', "--output_dir", str(tmp_path / "bad")]) == 2
+    assert "needs a class_path" in capsys.readouterr().err

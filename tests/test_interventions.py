@@ -292,3 +292,21 @@ def test_prefix_hook_handles_unbatched_lookups(tiny_mlm) -> None:
         row = table(torch.tensor([5, prefix.placeholder_id, prefix.placeholder_id]))
         torch.testing.assert_close(row[1:], prefix.vectors)
         torch.testing.assert_close(row[0], table.weight[5])
+
+
+def test_blocking_calibration_with_mixed_image_sizes(tiny_mlm, make_image) -> None:
+    """Qwen2.5-VL spans follow the image size: calibration keeps the most common span length across batches."""
+    mlm = tiny_mlm("qwen2_5_vl")
+    small = mlm.encode([Prompt(images=[img], text="q") for img in _images(make_image, 2, size=32)])
+    large = mlm.encode([Prompt(images=[img], text="q") for img in _images(make_image, 3, size=64)])
+    n_small = small.spans[0][0].stop - small.spans[0][0].start
+    n_large = large.spans[0][0].stop - large.spans[0][0].start
+    assert n_small != n_large
+    with torch.no_grad(), mlm.capture(layers=[mlm.num_layers - 1]) as kv:
+        mlm.model(**large.inputs)
+    keys = torch.stack([kv.image(mlm.num_layers - 1, b, 0).keys for b in range(3)])
+    expected = sorted(input_agnosticism(keys).topk(2).indices.tolist())
+    blocking = AttentionBlocking(layers=[-1], top_k=2)
+    blocking.attach(mlm)
+    assert blocking.calibrate(mlm, [small, large]) == {mlm.num_layers - 1: expected}
+    blocking.detach()

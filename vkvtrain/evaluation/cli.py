@@ -104,6 +104,36 @@ def resolve_model(cfg: EvalConfig) -> str:
     return cfg.model
 
 
+def apply_interventions(mlm: Any, cfg: EvalConfig, questions: Sequence[Any]) -> list[dict[str, Any]]:
+    """Attach ``cfg.interventions`` to ``mlm``, calibrating those that pick positions from data.
+
+    Returns, per intervention, its class path, init args and (when it has them) the blocked positions, so
+    results.json says exactly what was applied.
+    """
+    from vkvtrain.checkpointing import build_intervention, prompt_prefix
+    from vkvtrain.evaluation.scoring import prompts_for
+
+    applied = []
+    for spec in cfg.interventions:
+        if "class_path" not in spec:
+            raise RecipeError(f"interventions entry {spec} needs a class_path (and optional init_args), as in recipes")
+        intervention = build_intervention(spec)
+        intervention.attach(mlm)
+        intervention.to(mlm.device)
+        if getattr(intervention, "needs_calibration", False):
+            calibration = list(questions[: cfg.calibration_questions])
+            batches = [mlm.encode(prompts_for(calibration[i: i + cfg.batch_size], cfg.prompt)).to(mlm.device)
+                       for i in range(0, len(calibration), cfg.batch_size)]
+            intervention.calibrate(mlm, batches)
+        if (text := prompt_prefix([intervention])):
+            cfg.prompt.prefix = (cfg.prompt.prefix or "") + text
+        record: dict[str, Any] = {"class_path": spec["class_path"], "init_args": intervention.init_args()}
+        if hasattr(intervention, "blocked_positions"):
+            record["blocked_positions"] = {str(k): v for k, v in intervention.blocked_positions().items()}
+        applied.append(record)
+    return applied
+
+
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate as configured; returns the results dict (also written to cfg.output_dir)."""
     import torch
@@ -123,6 +153,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         learned = apply_checkpoint(mlm, cfg.ckpt_path)
         if learned:  # the learned prefix sits right before the images, after any configured prefix text
             cfg.prompt.prefix = (cfg.prompt.prefix or "") + learned
+    applied = apply_interventions(mlm, cfg, questions)
     options = EvalOptions(
         mode=cfg.mode, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, prompt=cfg.prompt,
         probes=cfg.probes,
@@ -130,6 +161,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     records, results = evaluate_blink(mlm, questions, options, progress=cfg.progress)
     results["model"] = cfg.model
     results["ckpt_path"] = cfg.ckpt_path
+    results["interventions"] = applied
     results["config"] = dataclasses.asdict(cfg)  # the resolved run configuration, prompt protocol included
     out = write_outputs(cfg.output_dir, results, records)
     if cfg.wandb.project:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from vkvtrain.data.blink import BLINK_HUB_ID
 from vkvtrain.evaluation.blink import ProbeOptions
@@ -51,6 +51,10 @@ class EvalConfig:
     before evaluating (vkvtrain.checkpointing.restore_into).
     dtype: "bfloat16" | "float16" | "float32" | None. device: "cpu", "cuda", "cuda:1"... (None: cuda when
     available). mode: "likelihood" (choice scoring from one cached prefill) or "generate".
+    interventions: untrained interventions applied for this evaluation, in the recipes' format
+    (``{class_path, init_args}``), after a checkpoint's own; e.g. attention blocking of artifact keys. Those
+    that choose positions from data calibrate on the images of the first ``calibration_questions`` questions
+    (answers unused).
     """
 
     model: str | None = None
@@ -60,6 +64,8 @@ class EvalConfig:
     mode: Literal["likelihood", "generate"] = "likelihood"
     batch_size: int = 8
     max_new_tokens: int = 16
+    interventions: list[dict[str, Any]] = field(default_factory=list)
+    calibration_questions: int = 16
     output_dir: str = "outputs/blink"
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)

@@ -15,6 +15,7 @@ blocking artifacts can be told apart from a gain from blocking any that many key
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -57,6 +58,18 @@ def block_mask(
     if mask.dtype == torch.bool:
         return mask & ~forbid
     return mask.masked_fill(forbid, torch.finfo(mask.dtype).min)
+
+
+def _largest_same_grid_group(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """Stack the (M_i, N, d) key groups of the most common span length N (images of other sizes, e.g.
+    Qwen2.5-VL's dynamic resolution, have other positions); (M, N, d) or None when there are none."""
+    if not parts:
+        return None
+    sizes = Counter()
+    for part in parts:
+        sizes[part.shape[1]] += part.shape[0]
+    n_tokens = sizes.most_common(1)[0][0]
+    return torch.cat([part for part in parts if part.shape[1] == n_tokens])
 
 
 class AttentionBlocking(Intervention):
@@ -141,7 +154,7 @@ class AttentionBlocking(Intervention):
         chosen = {}
         generator = torch.Generator().manual_seed(self.seed)
         for layer, parts in keys.items():
-            stacked = torch.cat(parts) if parts else None
+            stacked = _largest_same_grid_group(parts)
             if stacked is None or stacked.shape[0] < 2:
                 raise RecipeError("AttentionBlocking.calibrate needs >= 2 same-grid images; give more batches.")
             n_positions, k = stacked.shape[1], min(self.top_k, stacked.shape[1])
