@@ -88,6 +88,24 @@ def test_dtype_argument(tmp_path):
     assert next(mlm.decoder_layers().parameters()).dtype == torch.bfloat16
 
 
+def test_random_init_control_same_architecture_fresh_weights():
+    trained = load_mlm("tiny://qwen2_5_vl")
+    torch.manual_seed(3)
+    fresh = load_mlm("tiny://qwen2_5_vl", random_init=True, dtype="bfloat16")
+    state = torch.random.get_rng_state()
+    again = load_mlm("tiny://qwen2_5_vl", random_init=True, dtype="bfloat16", init_seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # a given seed leaves the global RNG alone
+    a, b, c = (m.model.state_dict() for m in (trained, fresh, again))
+    assert type(fresh.model) is type(trained.model) and a.keys() == b.keys()
+    assert all(a[k].shape == b[k].shape and b[k].dtype == torch.bfloat16 for k in a if a[k].is_floating_point())
+    q_proj = fresh.decoder_layers()[0].self_attn.q_proj.weight
+    assert not torch.allclose(q_proj.float(), trained.decoder_layers()[0].self_attn.q_proj.weight, atol=1e-2)  # new ...
+    assert all(torch.equal(b[k], c[k]) for k in b)  # ... drawn from the torch RNG (seeded: reproducible)
+    assert fresh.processor.tokenizer.get_vocab() == trained.processor.tokenizer.get_vocab()
+    with pytest.raises(ModelLoadError, match="one device"):
+        load_mlm("tiny://qwen2_5_vl", random_init=True, device_map="auto")
+
+
 def test_tiny_cli_writes_a_loadable_folder(tmp_path, capsys):
     assert cli_main(["tiny", "llava_next", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "config.json").is_file()

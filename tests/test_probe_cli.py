@@ -55,6 +55,21 @@ def test_probe_command_runs_the_shipped_config_on_tiny_models(tmp_path: Path) ->
     assert len(pngs) == 3 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
 
 
+def test_random_init_control_model_row(tmp_path: Path) -> None:
+    """A models entry with random_init probes fresh weights of the same architecture, under its own name."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "models:\n  - {spec: 'tiny://llava_next'}\n  - {spec: 'tiny://llava_next', random_init: true}\n"
+        "tasks: [fewshot]\nsources: [layers]\nprogress: false\n"
+        f"output_dir: {tmp_path / 'out'}\ndata:\n  fewshot: {{source: synthetic, n: 2}}\n"
+    )
+    assert main([str(cfg)]) == 0
+    results = json.loads((tmp_path / "out" / "probes.json").read_text())["results"]
+    assert list(results) == ["tiny://llava_next", "tiny://llava_next (random init)"]
+    trained, fresh = (results[m]["fewshot"]["miou"] for m in results)
+    assert trained.keys() == fresh.keys() and trained != fresh
+
+
 def test_unknown_keys_fail_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("modles: []\n")

@@ -137,6 +137,8 @@ def load_mlm(
     quantization: Any = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    random_init: bool = False,
+    init_seed: int | None = None,
 ) -> MLM:
     """Load a supported MLM and its processor.
 
@@ -150,6 +152,10 @@ def load_mlm(
         quantization: a `transformers.BitsAndBytesConfig` (see `vkvtrain.interventions.quantization`) or None.
         revision: hub revision (branch, tag or commit) to pin.
         trust_remote_code: off by default; only the stock transformers classes are supported anyway.
+        random_init: build the same architecture with freshly initialised weights (the probes' random-init
+            control); the processor is the checkpoint's own.
+        init_seed: with random_init, the seed of those weights (the global torch RNG is left untouched);
+            None draws from the global RNG. tiny:// checkpoints are themselves built from seed 0.
     Returns:
         An `MLM` with the model in eval mode.
     """
@@ -168,8 +174,26 @@ def load_mlm(
         kwargs["device_map"] = device_map
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-    model = model_class.from_pretrained(source, **kwargs)
+    if random_init:
+        with torch.random.fork_rng(devices=[]):
+            if init_seed is not None:
+                torch.manual_seed(init_seed)
+            model = _random_init(model_class, config, kwargs)
+    else:
+        model = model_class.from_pretrained(source, **kwargs)
     processor = adapter.processor_class.from_pretrained(source, revision=revision)
     processor.tokenizer.padding_side = "left"
     model.eval()
     return MLM(model=model, processor=processor, adapter=adapter, name=name_or_path)
+
+
+def _random_init(model_class: Any, config: PretrainedConfig, kwargs: dict[str, Any]) -> nn.Module:
+    """``model_class`` with the checkpoint's config and fresh weights, on ``device_map`` when it names one device."""
+    if "quantization_config" in kwargs:
+        raise ModelLoadError("random_init builds full-precision weights; drop quantization for the random control.")
+    device = kwargs.get("device_map")
+    if (device is not None and not isinstance(device, str)) or device == "auto":
+        raise ModelLoadError(f"random_init places the model on one device; give device_map as e.g. 'cuda:0', not {device!r}.")
+    init_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation") if k in kwargs}
+    with torch.device(device or "cpu"):
+        return model_class._from_config(config, **init_kwargs)

@@ -60,7 +60,7 @@ def run(cfg: ProbeConfig) -> dict[str, Path]:
     encoder = VisionEncoder(cfg.encoder, device=cfg.device) if cfg.encoder else None
     per_model, extras, scores = {}, {}, {}
     for name, spec in zip(model_names(cfg.models), cfg.models):
-        mlm = load_mlm(spec.spec, dtype=spec.dtype)
+        mlm = load_mlm(spec.spec, dtype=spec.dtype, random_init=spec.random_init, init_seed=spec.init_seed)
         mlm.model.to(cfg.device)
         suite = ProbeSuite(mlm, cfg, encoder)
         per_model[name] = suite.run()

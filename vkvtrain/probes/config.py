@@ -31,12 +31,15 @@ DEFAULT_TASK_PREFIXES = {
 @dataclass
 class ModelSpec:
     """One MLM: ``spec`` is what ``load_mlm`` takes; ``perception_score`` (e.g. BLINK macro accuracy) feeds
-    the layer-0 correlation."""
+    the layer-0 correlation; ``random_init`` probes the same architecture with fresh weights drawn from
+    ``init_seed`` (a control; tiny:// checkpoints are themselves seed 0)."""
 
     spec: str
     name: str | None = None
     perception_score: float | None = None
     dtype: str | None = None
+    random_init: bool = False
+    init_seed: int = 1
 
 
 @dataclass

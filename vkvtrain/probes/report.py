@@ -145,10 +145,11 @@ def write_reports(per_model: Mapping[str, Results], out_dir: str | Path,
 
 
 def model_names(specs: Sequence[Any]) -> list[str]:
-    """Unique display names (``name`` or ``spec``; duplicates get a ``#n`` suffix)."""
+    """Unique display names (``name`` or ``spec``, marked when randomly initialised; duplicates get a ``#n``
+    suffix)."""
     names: list[str] = []
     for s in specs:
-        base = s.name or s.spec
+        base = s.name or (f"{s.spec} (random init)" if getattr(s, "random_init", False) else s.spec)
         name, n = base, 2
         while name in names:
             name, n = f"{base}#{n}", n + 1
