@@ -234,3 +234,70 @@ def test_generate_keeps_the_prefill(tiny_mlm, make_image):
         mlm.model.generate(**batch.inputs, max_new_tokens=3, do_sample=False, pad_token_id=mlm.tokenizer.pad_token_id)
     assert torch.equal(kv.image(0, 0, 0).values, expected)
     del out
+
+
+def real_geometry_llava_onevision():
+    """LLaVA-OneVision with the published vision geometry (SigLIP 384 px / 14 px patches = 27 x 27 grid, the
+    6 x 6 anyres pinpoints, anyres_max_9) and tiny widths, so the real span layout runs on CPU."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, SiglipVisionConfig
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    from vkvtrain.models.llava_onevision import LlavaOnevisionAdapter
+    from vkvtrain.models.loading import MLM
+    from vkvtrain.models.processors import ImageOnlyLlavaOnevisionProcessor
+    from vkvtrain.models.tiny import CHATML_LLAVA_OV, _text_config, build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer("llava_onevision")
+    pinpoints = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
+    vision = SiglipVisionConfig(image_size=384, patch_size=14, hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=1, num_attention_heads=2)
+    text = _text_config("llava_onevision", "tiny", tokenizer).to_dict()
+    text["num_hidden_layers"], text["layer_types"] = 2, text["layer_types"][:2]
+    config = LlavaOnevisionConfig(
+        text_config=text, vision_config=vision.to_dict(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"), image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+        attn_implementation="sdpa",
+    )
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": 384, "width": 384},
+                                                      image_grid_pinpoints=pinpoints, do_pad=True)
+    processor = ImageOnlyLlavaOnevisionProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=27 * 27,
+        vision_feature_select_strategy="full", chat_template=CHATML_LLAVA_OV,
+    )
+    processor.tokenizer.padding_side = "left"
+    return MLM(model=model, processor=processor, adapter=LlavaOnevisionAdapter(), name="real-geometry-ov")
+
+
+def test_real_llava_onevision_geometry_anyres_max_9(make_image):
+    """A 1536 x 1152 image takes the anyres_max_9 downscaling path (12 crops > 9); a 2-image prompt only
+    packs base grids. Spans, 27 x 27 grids (planted codes) and cached keys/values must all still be exact."""
+    mlm = real_geometry_llava_onevision()
+    batch = mlm.encode([Prompt([make_image(1536, 1152, 1)], "Q?"),
+                        Prompt([make_image(500, 300, 2), make_image(384, 384, 3)], "Which?")])
+    lengths = [span.length for row in batch.spans for span in row]
+    unpadded_4x3_crops = (4 * 27) * (3 * 27) + 4 * 27  # features + one newline per row, before anyres_max_9
+    assert 27 * 27 + 9 * 27 * 27 < lengths[0] < 27 * 27 + unpadded_4x3_crops  # downscaled to ~9 crops' worth
+    assert lengths[1:] == [27 * 27 + 1, 27 * 27 + 1]  # multi-image prompts: base grid + one newline token
+    assert all(span.grid_shape == (27, 27) for row in batch.spans for span in row)
+    handles = plant_codes(mlm, None)
+    try:
+        with torch.no_grad(), mlm.capture(input_embeds=True) as kv:
+            out = mlm.model(**batch.inputs, use_cache=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = torch.arange(27)[:, None].expand(27, 27)
+    cols = torch.arange(27)[None, :].expand(27, 27)
+    for flat, span in enumerate(span for row in batch.spans for span in row):
+        grid = kv.embeds(span.batch, span.image).grid()
+        assert torch.equal(grid[..., 0], torch.full((27, 27), flat + 1.0))
+        assert torch.equal(grid[..., 1], rows + 1.0) and torch.equal(grid[..., 2], cols + 1.0)
+        for layer in kv.layers:
+            image = kv.image(layer, span.batch, span.image)
+            assert torch.equal(image.keys, cached_tokens(out.past_key_values.layers[layer].keys[span.batch], span))
+            assert torch.equal(image.values, cached_tokens(out.past_key_values.layers[layer].values[span.batch], span))
