@@ -301,3 +301,71 @@ def test_real_llava_onevision_geometry_anyres_max_9(make_image):
             image = kv.image(layer, span.batch, span.image)
             assert torch.equal(image.keys, cached_tokens(out.past_key_values.layers[layer].keys[span.batch], span))
             assert torch.equal(image.values, cached_tokens(out.past_key_values.layers[layer].values[span.batch], span))
+
+
+def real_geometry_qwen2_5_vl():
+    """Qwen2.5-VL with the published vision geometry (14 px patches, 2 x 2 merge, 112 px attention windows,
+    processor pixel bounds) and tiny widths."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vkvtrain.models.loading import MLM
+    from vkvtrain.models.processors import ImageOnlyQwen2_5_VLProcessor
+    from vkvtrain.models.qwen2_5_vl import Qwen2_5_VLAdapter
+    from vkvtrain.models.tiny import CHATML_QWEN2_5_VL, _text_config, build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer("qwen2_5_vl")
+    text = _text_config("qwen2_5_vl", "tiny", tokenizer)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=text["hidden_size"],
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[1])
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"), attn_implementation="sdpa",
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+                                               size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280})
+    processor = ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                             chat_template=CHATML_QWEN2_5_VL)
+    processor.tokenizer.padding_side = "left"
+    return MLM(model=model, processor=processor, adapter=Qwen2_5_VLAdapter(), name="real-geometry-qwen2.5-vl")
+
+
+def test_real_qwen2_5_vl_geometry_partial_windows(make_image):
+    """Merged grids that 4 x 4-token windows do not tile (25 x 18, 9 x 14): planted codes come back at their
+    cells, the vision features un-permuted from window order project onto the embeddings, K/V are exact."""
+    mlm = real_geometry_qwen2_5_vl()
+    batch = mlm.encode([Prompt([make_image(700, 504, 1)], "Q?"),
+                        Prompt([make_image(252, 392, 2), make_image(224, 224, 3)], "Which?")])
+    grids = [span.grid_shape for row in batch.spans for span in row]
+    assert grids == [(18, 25), (14, 9), (8, 8)]
+    handles = plant_codes(mlm, None)
+    try:
+        with torch.no_grad(), mlm.capture(input_embeds=True) as kv:
+            out = mlm.model(**batch.inputs, use_cache=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for flat, span in enumerate(span for row in batch.spans for span in row):
+        h, w = span.grid_shape
+        grid = kv.embeds(span.batch, span.image).grid()
+        assert torch.equal(grid[..., 0], torch.full((h, w), flat + 1.0))
+        assert torch.equal(grid[..., 1], torch.arange(h)[:, None].expand(h, w) + 1.0)
+        assert torch.equal(grid[..., 2], torch.arange(w)[None, :].expand(h, w) + 1.0)
+        for layer in kv.layers:
+            image = kv.image(layer, span.batch, span.image)
+            assert torch.equal(image.keys, cached_tokens(out.past_key_values.layers[layer].keys[span.batch], span))
+            assert torch.equal(image.values, cached_tokens(out.past_key_values.layers[layer].values[span.batch], span))
+    with torch.no_grad(), mlm.capture([0], input_embeds=True, vision_features=True) as kv:
+        mlm.model(**batch.inputs)
+    projector = mlm.adapter.projector(mlm.model)
+    for span in (span for row in batch.spans for span in row):
+        tokens = kv.vision(span.batch, span.image).values
+        with torch.no_grad():
+            projected = projector(tokens.reshape(-1, tokens.shape[-1] // 4))
+        embeds = kv.embeds(span.batch, span.image).grid()
+        assert torch.allclose(projected.reshape(embeds.shape), embeds, atol=1e-5)
