@@ -369,3 +369,59 @@ def test_real_qwen2_5_vl_geometry_partial_windows(make_image):
             projected = projector(tokens.reshape(-1, tokens.shape[-1] // 4))
         embeds = kv.embeds(span.batch, span.image).grid()
         assert torch.allclose(projected.reshape(embeds.shape), embeds, atol=1e-5)
+
+
+def real_geometry_llava_next():
+    """Llama-3-LLaVA-NeXT with the published vision geometry (CLIP 336 px / 14 px = 24 x 24 grid, its five
+    pinpoints, CLS dropped) and tiny widths."""
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from vkvtrain.models.llava_next import LlavaNextAdapter
+    from vkvtrain.models.loading import MLM
+    from vkvtrain.models.tiny import LLAMA3_LLAVA_NEXT, _text_config, build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer("llava_next")
+    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=2, projection_dim=32)
+    config = LlavaNextConfig(
+        text_config=_text_config("llava_next", "tiny", tokenizer).to_dict(), vision_config=vision.to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-2, vision_feature_select_strategy="default", attn_implementation="sdpa",
+    )
+    model = LlavaNextForConditionalGeneration(config).eval()
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                                                 image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                                   num_additional_image_tokens=1, vision_feature_select_strategy="default",
+                                   chat_template=LLAMA3_LLAVA_NEXT)
+    processor.tokenizer.padding_side = "left"
+    return MLM(model=model, processor=processor, adapter=LlavaNextAdapter(), name="real-geometry-llava-next")
+
+
+def test_real_llava_next_geometry(make_image):
+    """Wide, tall and square images pick different pinpoints; every span opens with its 24 x 24 base grid."""
+    mlm = real_geometry_llava_next()
+    batch = mlm.encode([Prompt([make_image(900, 300, 1)], "Q?"),
+                        Prompt([make_image(300, 900, 2), make_image(640, 600, 3)], "Which?")])
+    assert all(span.grid_shape == (24, 24) for row in batch.spans for span in row)
+    assert len({span.length for row in batch.spans for span in row}) == 3  # three different anyres layouts
+    handles = plant_codes(mlm, None)
+    try:
+        with torch.no_grad(), mlm.capture(input_embeds=True) as kv:
+            out = mlm.model(**batch.inputs, use_cache=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = torch.arange(24)[:, None].expand(24, 24)
+    cols = torch.arange(24)[None, :].expand(24, 24)
+    for flat, span in enumerate(span for row in batch.spans for span in row):
+        grid = kv.embeds(span.batch, span.image).grid()
+        assert torch.equal(grid[..., 0], torch.full((24, 24), flat + 1.0))
+        assert torch.equal(grid[..., 1], rows + 1.0) and torch.equal(grid[..., 2], cols + 1.0)
+        for layer in kv.layers:
+            image = kv.image(layer, span.batch, span.image)
+            assert torch.equal(image.keys, cached_tokens(out.past_key_values.layers[layer].keys[span.batch], span))
+            assert torch.equal(image.values, cached_tokens(out.past_key_values.layers[layer].values[span.batch], span))
