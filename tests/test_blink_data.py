@@ -133,6 +133,23 @@ def test_missing_subtask_split_and_field(tmp_path: Path) -> None:
         load_blink(["Counting"], root=tmp_path / "nowhere")
 
 
+def test_corrupt_image_names_the_question(tmp_path: Path) -> None:
+    import datasets
+
+    from vkvtrain.errors import ImageLoadError
+
+    ds = synthetic_blink(2, subtasks=["Counting"])["Counting"].cast_column("image_1", datasets.Image(decode=False))
+    cells = list(ds["image_1"])
+    cells[1] = {"bytes": cells[1]["bytes"][: len(cells[1]["bytes"]) // 2], "path": None}  # cut short
+    ds = ds.remove_columns("image_1").add_column("image_1", cells, feature=datasets.Image())
+    (tmp_path / "Counting").mkdir()
+    ds.to_parquet(str(tmp_path / "Counting" / "val.parquet"))
+    idx = ds["idx"][1]
+    with pytest.raises(ImageLoadError, match=rf"BLINK question '{idx}', field image_1: the image is corrupt"):
+        load_blink(["Counting"], root=tmp_path)
+    assert len(load_blink(["Counting"], root=tmp_path, limit=1)) == 1  # the intact question still loads
+
+
 def test_answer_field_parsing() -> None:
     assert parse_answer("(C)") == "C" and parse_answer("B") == "B"
     assert parse_answer("hidden") is None and parse_answer("") is None and parse_answer(None) is None

@@ -126,6 +126,30 @@ def test_missing_split_and_column_errors(tmp_path) -> None:
     assert len(rows) == 1 and rows[0]["answer"].startswith("(")
 
 
+def test_corrupt_image_row_names_row_and_column(tmp_path) -> None:
+    import io
+
+    import datasets
+    from PIL import Image
+
+    from vkvtrain.data.training import ExampleDataset
+    from vkvtrain.errors import ImageLoadError
+
+    good = io.BytesIO()
+    Image.effect_noise((64, 64), 60).convert("RGB").save(good, format="PNG")
+    truncated = good.getvalue()[: len(good.getvalue()) // 2]  # a PNG cut short: opens, fails when decoded
+    images = [{"bytes": good.getvalue(), "path": None}, {"bytes": truncated, "path": None}]
+    data = datasets.Dataset.from_dict({"image": images, "question": ["q", "q"], "answer": ["a", "a"]},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "question": datasets.Value("string"),
+                                                                  "answer": datasets.Value("string")}))
+    data.to_parquet(str(tmp_path / "train.parquet"))
+    rows = ExampleDataset(DataSource(source=str(tmp_path / "train.parquet"), split="train"))
+    assert rows[0].images[0].size == (64, 64) and rows[0].images[0].tobytes() == Image.open(good).convert("RGB").tobytes()
+    with pytest.raises(ImageLoadError, match=r"row 1, column 'image': the image is corrupt .*drop that row"):
+        rows[1]
+
+
 def test_answer_window_loss_equals_transformers_loss(tiny_mlm, family) -> None:
     from vkvtrain.data.collate import TrainingCollator
     from vkvtrain.data.training import ExampleDataset

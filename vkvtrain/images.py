@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -22,3 +24,35 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageLoadError(
             f"image {str(path)!r} is corrupt or not an image ({error}); re-export it as PNG or JPEG."
         ) from error
+
+
+def decode_image(value: Any, where: str, fix: str = "fix or drop that row (e.g. with Dataset.filter)") -> Image.Image | None:
+    """One dataset image cell -> RGB PIL image, fully decoded; None stays None.
+
+    Accepts PIL images and ``datasets.Image`` cells read with ``decode=False`` (``{"bytes", "path"}``), so a
+    corrupt image fails here naming ``where`` (e.g. "train.parquet row 12, column 'image_1'") and ``fix``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        try:
+            with Image.open(source) as image:
+                image.load()
+                return image.convert("RGB")
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ImageLoadError(f"{where}: the image is corrupt or unreadable ({error}); {fix}.") from error
+    raise ImageLoadError(f"{where}: holds {type(value).__name__}, not an image; {fix}.")
+
+
+def undecoded_image_columns(dataset: Any, columns: list[str]) -> Any:
+    """``dataset`` with its ``datasets.Image`` columns among ``columns`` left undecoded, for :func:`decode_image`."""
+    import datasets
+
+    for column in columns:
+        feature = dataset.features.get(column)
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    return dataset

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 from PIL import Image
 
 from vkvtrain.errors import DatasetError
+from vkvtrain.images import decode_image, undecoded_image_columns
 
 BLINK_HUB_ID = "BLINK-Benchmark/BLINK"
 
@@ -192,13 +193,15 @@ def load_blink_datasets(
             ds = _load_hub_subtask(hub_id, name, split, revision)
             where = f"{hub_id}/{name} ({split})"
         check_fields(ds.column_names, where)
-        out[name] = ds
+        out[name] = undecoded_image_columns(ds, list(IMAGE_FIELDS))  # decoded per question, errors name it
     return out
 
 
 def row_to_question(row: dict[str, Any]) -> BlinkQuestion:
     """Turn one dataset row (images decoded to PIL) into a :class:`BlinkQuestion`."""
-    images = [row[k] for k in IMAGE_FIELDS if row.get(k) is not None]
+    images = [decode_image(row[k], f"BLINK question {row.get('idx')!r}, field {k}",
+                           "drop or re-download that question (data.limit / data.subtasks to skip it)")
+              for k in IMAGE_FIELDS if row.get(k) is not None]
     if not images:
         raise DatasetError(f"BLINK question {row.get('idx')!r} has no image in {list(IMAGE_FIELDS)}")
     choices = list(row["choices"])
@@ -217,7 +220,7 @@ def row_to_question(row: dict[str, Any]) -> BlinkQuestion:
         question=str(row["question"]),
         prompt=str(row["prompt"]),
         choices=choices,
-        images=[im.convert("RGB") for im in images],
+        images=[im for im in images if im is not None],
         answer=answer,
         points=points,
         explanation=str(row.get("explanation") or ""),

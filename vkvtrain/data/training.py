@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlparse
 from PIL import Image
 
 from vkvtrain.errors import DatasetError
+from vkvtrain.images import decode_image, undecoded_image_columns
 
 SYNTHETIC_SCHEME = "synthetic://"
 
@@ -72,6 +73,7 @@ def load_rows(spec: DataSource) -> Any:
         path = Path(spec.source).expanduser()
         dataset = _local(path, spec) if path.exists() else _hub(spec)
     check_columns(dataset.column_names, spec)
+    dataset = undecoded_image_columns(dataset, spec.image_columns)  # decoded per item, with row-naming errors
     if spec.limit is not None:
         dataset = dataset.select(range(min(spec.limit, len(dataset))))
     if len(dataset) == 0:
@@ -160,22 +162,12 @@ def _synthetic(spec: DataSource) -> Any:
     return datasets.Dataset.from_dict(questions_to_rows(questions))
 
 
-def _image(value: Any, column: str) -> Image.Image | None:
-    if value is None:
-        return None
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
-        import io
-
-        raw = value.get("bytes")
-        return Image.open(io.BytesIO(raw) if raw else value["path"]).convert("RGB")
-    raise DatasetError(f"column {column!r} holds {type(value).__name__}, not an image; check data.image_columns.")
-
-
-def to_example(row: dict[str, Any], spec: DataSource) -> TrainingExample:
-    """One dataset row -> TrainingExample (None image cells dropped)."""
-    images = [img for c in spec.image_columns if (img := _image(row[c], c)) is not None]
+def to_example(row: dict[str, Any], spec: DataSource, index: int | None = None) -> TrainingExample:
+    """One dataset row -> TrainingExample (None image cells dropped); a corrupt image names its row and column."""
+    where = f"{spec.source!r} split {spec.split!r} row {index}"
+    fix = "fix or drop that row (e.g. Dataset.filter), or check data.image_columns"
+    images = [img for c in spec.image_columns
+              if (img := decode_image(row[c], f"{where}, column {c!r}", fix)) is not None]
     if not images:
         raise DatasetError(f"a row of {spec.source!r} has no image in columns {spec.image_columns}.")
     return TrainingExample(
@@ -199,4 +191,4 @@ class ExampleDataset:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> TrainingExample:
-        return to_example(self.rows[int(index)], self.spec)
+        return to_example(self.rows[int(index)], self.spec, int(index))
