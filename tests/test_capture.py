@@ -236,6 +236,27 @@ def test_generate_keeps_the_prefill(tiny_mlm, make_image):
     del out
 
 
+def assert_planted_grids_and_exact_kv(mlm, batch):
+    """Planted projector codes come back at their grid cells and captured K/V equal the cache, every span."""
+    handles = plant_codes(mlm, None)
+    try:
+        with torch.no_grad(), mlm.capture(input_embeds=True) as kv:
+            out = mlm.model(**batch.inputs, use_cache=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for flat, span in enumerate(span for row in batch.spans for span in row):
+        h, w = span.grid_shape
+        grid = kv.embeds(span.batch, span.image).grid()
+        assert torch.equal(grid[..., 0], torch.full((h, w), flat + 1.0))
+        assert torch.equal(grid[..., 1], torch.arange(h)[:, None].expand(h, w) + 1.0)
+        assert torch.equal(grid[..., 2], torch.arange(w)[None, :].expand(h, w) + 1.0)
+        for layer in kv.layers:
+            image = kv.image(layer, span.batch, span.image)
+            assert torch.equal(image.keys, cached_tokens(out.past_key_values.layers[layer].keys[span.batch], span))
+            assert torch.equal(image.values, cached_tokens(out.past_key_values.layers[layer].values[span.batch], span))
+
+
 def real_geometry_llava_onevision():
     """LLaVA-OneVision with the published vision geometry (SigLIP 384 px / 14 px patches = 27 x 27 grid, the
     6 x 6 anyres pinpoints, anyres_max_9) and tiny widths, so the real span layout runs on CPU."""
@@ -284,23 +305,7 @@ def test_real_llava_onevision_geometry_anyres_max_9(make_image):
     assert 27 * 27 + 9 * 27 * 27 < lengths[0] < 27 * 27 + unpadded_4x3_crops  # downscaled to ~9 crops' worth
     assert lengths[1:] == [27 * 27 + 1, 27 * 27 + 1]  # multi-image prompts: base grid + one newline token
     assert all(span.grid_shape == (27, 27) for row in batch.spans for span in row)
-    handles = plant_codes(mlm, None)
-    try:
-        with torch.no_grad(), mlm.capture(input_embeds=True) as kv:
-            out = mlm.model(**batch.inputs, use_cache=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    rows = torch.arange(27)[:, None].expand(27, 27)
-    cols = torch.arange(27)[None, :].expand(27, 27)
-    for flat, span in enumerate(span for row in batch.spans for span in row):
-        grid = kv.embeds(span.batch, span.image).grid()
-        assert torch.equal(grid[..., 0], torch.full((27, 27), flat + 1.0))
-        assert torch.equal(grid[..., 1], rows + 1.0) and torch.equal(grid[..., 2], cols + 1.0)
-        for layer in kv.layers:
-            image = kv.image(layer, span.batch, span.image)
-            assert torch.equal(image.keys, cached_tokens(out.past_key_values.layers[layer].keys[span.batch], span))
-            assert torch.equal(image.values, cached_tokens(out.past_key_values.layers[layer].values[span.batch], span))
+    assert_planted_grids_and_exact_kv(mlm, batch)
 
 
 def real_geometry_qwen2_5_vl():
@@ -343,23 +348,7 @@ def test_real_qwen2_5_vl_geometry_partial_windows(make_image):
                         Prompt([make_image(252, 392, 2), make_image(224, 224, 3)], "Which?")])
     grids = [span.grid_shape for row in batch.spans for span in row]
     assert grids == [(18, 25), (14, 9), (8, 8)]
-    handles = plant_codes(mlm, None)
-    try:
-        with torch.no_grad(), mlm.capture(input_embeds=True) as kv:
-            out = mlm.model(**batch.inputs, use_cache=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for flat, span in enumerate(span for row in batch.spans for span in row):
-        h, w = span.grid_shape
-        grid = kv.embeds(span.batch, span.image).grid()
-        assert torch.equal(grid[..., 0], torch.full((h, w), flat + 1.0))
-        assert torch.equal(grid[..., 1], torch.arange(h)[:, None].expand(h, w) + 1.0)
-        assert torch.equal(grid[..., 2], torch.arange(w)[None, :].expand(h, w) + 1.0)
-        for layer in kv.layers:
-            image = kv.image(layer, span.batch, span.image)
-            assert torch.equal(image.keys, cached_tokens(out.past_key_values.layers[layer].keys[span.batch], span))
-            assert torch.equal(image.values, cached_tokens(out.past_key_values.layers[layer].values[span.batch], span))
+    assert_planted_grids_and_exact_kv(mlm, batch)
     with torch.no_grad(), mlm.capture([0], input_embeds=True, vision_features=True) as kv:
         mlm.model(**batch.inputs)
     projector = mlm.adapter.projector(mlm.model)
@@ -408,20 +397,4 @@ def test_real_llava_next_geometry(make_image):
                         Prompt([make_image(300, 900, 2), make_image(640, 600, 3)], "Which?")])
     assert all(span.grid_shape == (24, 24) for row in batch.spans for span in row)
     assert len({span.length for row in batch.spans for span in row}) == 3  # three different anyres layouts
-    handles = plant_codes(mlm, None)
-    try:
-        with torch.no_grad(), mlm.capture(input_embeds=True) as kv:
-            out = mlm.model(**batch.inputs, use_cache=True)
-    finally:
-        for handle in handles:
-            handle.remove()
-    rows = torch.arange(24)[:, None].expand(24, 24)
-    cols = torch.arange(24)[None, :].expand(24, 24)
-    for flat, span in enumerate(span for row in batch.spans for span in row):
-        grid = kv.embeds(span.batch, span.image).grid()
-        assert torch.equal(grid[..., 0], torch.full((24, 24), flat + 1.0))
-        assert torch.equal(grid[..., 1], rows + 1.0) and torch.equal(grid[..., 2], cols + 1.0)
-        for layer in kv.layers:
-            image = kv.image(layer, span.batch, span.image)
-            assert torch.equal(image.keys, cached_tokens(out.past_key_values.layers[layer].keys[span.batch], span))
-            assert torch.equal(image.values, cached_tokens(out.past_key_values.layers[layer].values[span.batch], span))
+    assert_planted_grids_and_exact_kv(mlm, batch)
