@@ -26,7 +26,9 @@ def load_image(path: str | Path) -> Image.Image:
         ) from error
 
 
-def decode_image(value: Any, where: str, fix: str = "fix or drop that row (e.g. with Dataset.filter)") -> Image.Image | None:
+def decode_image(
+    value: Any, where: str, fix: str = "fix or drop that row (e.g. with Dataset.filter)"
+) -> Image.Image | None:
     """One dataset image cell -> RGB PIL image, fully decoded; None stays None.
 
     Accepts PIL images and ``datasets.Image`` cells read with ``decode=False`` (``{"bytes", "path"}``), so a

@@ -193,7 +193,9 @@ def _random_init(model_class: Any, config: PretrainedConfig, kwargs: dict[str, A
         raise ModelLoadError("random_init builds full-precision weights; drop quantization for the random control.")
     device = kwargs.get("device_map")
     if (device is not None and not isinstance(device, str)) or device == "auto":
-        raise ModelLoadError(f"random_init places the model on one device; give device_map as e.g. 'cuda:0', not {device!r}.")
+        raise ModelLoadError(
+            f"random_init places the model on one device; give device_map as e.g. 'cuda:0', not {device!r}."
+        )
     init_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation") if k in kwargs}
     with torch.device(device or "cpu"):
         return model_class._from_config(config, **init_kwargs)
