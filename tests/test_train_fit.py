@@ -51,6 +51,32 @@ def test_prefix_fit_lowers_val_loss_and_changes_only_prefix(tmp_path) -> None:
     assert module.mlm.model.training  # put in train mode when fitting
 
 
+def test_gradient_checkpointing_trains_the_same_parameters_to_the_same_values(tmp_path) -> None:
+    """The real recipes turn gradient checkpointing on: prefix, LoRA and the key loss must still get exactly
+    their gradients (a frozen-input reentrant checkpoint would silently drop the LoRA ones)."""
+    from vkvtrain.interventions import KeyArtifactSuppression
+
+    trained = []
+    for checkpointing in (False, True):
+        L.seed_everything(0)
+        module = VKVModule(
+            interventions=[LearnedPrefix(num_tokens=2), LateLoRA(layers=[-2, -1], rank=2, projections=["k", "v"]),
+                           KeyArtifactSuppression(layers=[-1], weight=1.0)],
+            learning_rate=0.05, gradient_checkpointing=checkpointing,
+        )
+        _trainer(tmp_path / str(checkpointing), 2).fit(module, _data(batch_size=4))
+        trained.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+    plain, checkpointed = trained
+    assert plain.keys() == checkpointed.keys() and len(plain) > 2
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+    L.seed_everything(0)
+    untrained = VKVModule(interventions=[LearnedPrefix(num_tokens=2), LateLoRA(layers=[-2, -1], rank=2, projections=["k", "v"])])
+    untrained.configure_model()
+    moved = [n for n, v in untrained.state_dict().items() if not torch.equal(v, plain[n])]
+    assert any("lora_B" in n for n in moved) and any("vectors" in n for n in moved)
+
+
 def test_checkpoint_is_small_and_restores_into_fresh_mlm(tmp_path) -> None:
     L.seed_everything(0)
     module = VKVModule(interventions=[LearnedPrefix(num_tokens=2), LateLoRA(layers=[-1], rank=2)], learning_rate=0.05)

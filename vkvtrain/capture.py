@@ -83,6 +83,8 @@ class KVCapture:
     _rotary: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin at image positions, (N, head_dim)
     _text_rotary: tuple[torch.Tensor, torch.Tensor] | None = None
     _embeds: torch.Tensor | None = None  # (N, hidden)
+    # grad mode: full (B, L, D) outputs, gathered at image/text positions when first read (see `capture`)
+    _raw: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     _vision: list[torch.Tensor] = field(default_factory=list)
     _active: bool = False  # the running forward has image tokens (False during decode steps)
 
@@ -107,6 +109,7 @@ class KVCapture:
 
     def embeds(self, b: int, i: int) -> ImageKV:
         """LM input embeddings (the projector's output, i.e. layer-0 input) of one image: values (N, hidden)."""
+        self._gather_raw()
         if self._embeds is None:
             raise CaptureError("input embeddings were not captured; use mlm.capture(..., input_embeds=True).")
         start, stop = self._slice(b, i)
@@ -126,6 +129,7 @@ class KVCapture:
             row = self.text_positions.index((b, pos))
         except ValueError:
             raise CaptureError(f"text position {(b, pos)} was not asked for; pass it in text_positions.") from None
+        self._gather_raw()
         out = {name: self._text_store[(name, layer)][row] for name in ("values", "keys_pre_rope")
                if (name, layer) in self._text_store}
         if "keys_pre_rope" in out:
@@ -141,14 +145,27 @@ class KVCapture:
             raise CaptureError("nothing was captured: run a forward with image tokens inside the capture block.")
 
     def _available(self, layer: int) -> list[str]:
+        self._gather_raw()
         names = [n for n in ("values", "keys_pre_rope") if (n, layer) in self._store]
         return names + (["keys"] if "keys_pre_rope" in names else [])
 
     def _get(self, name: str, layer: int) -> torch.Tensor:
+        self._gather_raw()
         try:
             return self._store[(name, layer)]
         except KeyError:
             raise CaptureError(f"{name!r} was not captured at layer {layer}; check the capture options.") from None
+
+    def _gather_raw(self) -> None:
+        """Grad mode: take the image (and text) positions of the full outputs the hooks kept."""
+        for key, full in self._raw.items():
+            if key[0] == "embeds":
+                self._embeds = full[self._index]
+                continue
+            self._store[key] = full[self._index]
+            if self._text_index is not None:
+                self._text_store[key] = full[self._text_index]
+        self._raw.clear()
 
     def _slice(self, b: int, i: int) -> tuple[int, int]:
         try:
@@ -238,6 +255,7 @@ def capture(
             kv._text_index = (rows, cols)
         kv._store.clear()
         kv._text_store.clear()
+        kv._raw.clear()
         kv._vision.clear()
         kv._rotary = kv._text_rotary = kv._embeds = None
 
@@ -245,9 +263,14 @@ def capture(
         def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
             if not kv._active:
                 return
-            kv._store[(name, layer)] = kv._keep(output[kv._index])
+            if kv.grad:
+                # Keep the output as is and gather on read: an indexing op here would save tensors inside a
+                # gradient-checkpointed layer that its hook-free recomputation does not save, and backward fails.
+                kv._raw[(name, layer)] = output
+                return
+            kv._store[(name, layer)] = output[kv._index].detach()
             if kv._text_index is not None:
-                kv._text_store[(name, layer)] = kv._keep(output[kv._text_index])
+                kv._text_store[(name, layer)] = output[kv._text_index].detach()
 
         return hook
 
@@ -263,7 +286,10 @@ def capture(
         if not kv._active:
             return
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        kv._embeds = kv._keep(hidden[kv._index])
+        if kv.grad:  # gathered on read, as in `gather`
+            kv._raw[("embeds", 0)] = hidden
+        else:
+            kv._embeds = hidden[kv._index].detach()
 
     try:
         handles.append(model.model.register_forward_pre_hook(on_model_inputs, with_kwargs=True))
