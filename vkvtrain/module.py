@@ -53,7 +53,8 @@ def answer_forward(model: nn.Module, inputs: dict[str, Any]) -> tuple[Any, torch
         raise RecipeError("a training batch has no answer tokens; check data.answer_field.")
     first = int(labelled[0])
     keep = labels.shape[1] - first + 1
-    out = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+    # use_cache=False: nothing decodes after this forward, and a cache would hold every layer's K/V.
+    out = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep, use_cache=False)
     window = labels[:, labels.shape[1] - keep + 1:]  # (B, K-1): targets of logits[:, :-1]
     logits = out.logits[:, :-1]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), window.reshape(-1),
