@@ -65,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {len(rows)} history rows, {len(logged)} val metrics (read back from {run_file.name}); "
           f"heatmap images under {run_file.parent / 'files' / 'media'}")
     print(f"  upload later with: wandb sync {run_file.parent}")
-    ckpt = out / "last.ckpt"
-    ckpts = sorted(Path(out).glob("**/checkpoints/last.ckpt"))
-    if ckpts:
-        ckpt = ckpts[-1]
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "last_model_path", ""):
+        ckpt = Path(callback.last_model_path)
         print(f"checkpoint (prefix vectors + recipe only): {ckpt} ({ckpt.stat().st_size / 1024:.1f} KiB)")
+        print(f"  evaluate it on BLINK: python -m vkvtrain evaluate eval/blink.yaml --ckpt_path {ckpt} "
+              "--data.source synthetic")
     print(f"val/loss {before['val/loss']:.4f} -> {after['val/loss']:.4f}; done in {time.perf_counter() - start:.0f} s")
     return 0
 
