@@ -201,9 +201,17 @@ def test_grad_mode_keeps_the_graph_and_default_detaches(tiny_mlm, make_image):
     assert keys.requires_grad
     keys.pow(2).sum().backward()
     assert mlm.decoder_layers()[2].self_attn.k_proj.weight.grad is not None
-    with mlm.capture([2]) as kv:
+    with mlm.capture([2], input_embeds=True, text_positions=[(0, -1)]) as plain:
         mlm.model(**batch.inputs)
-    assert not kv.image(2, 0, 0).keys.requires_grad
+    assert not plain.image(2, 0, 0).keys.requires_grad
+    # grad mode reads the same tensors (gathered after the forward) for every view
+    with mlm.capture([2], grad=True, input_embeds=True, text_positions=[(0, -1)]) as kv:
+        mlm.model(**batch.inputs)
+    assert kv.embeds(0, 0).values.requires_grad
+    assert torch.equal(kv.embeds(0, 0).values.detach(), plain.embeds(0, 0).values)
+    assert torch.equal(kv.image(2, 0, 0).values.detach(), plain.image(2, 0, 0).values)
+    for name, tensor in plain.text(2, 0, -1).items():
+        assert torch.equal(kv.text(2, 0, -1)[name].detach(), tensor)
 
 
 def test_only_image_positions_are_kept_and_views_have_shapes(tiny_mlm, make_image):

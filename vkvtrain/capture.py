@@ -83,8 +83,9 @@ class KVCapture:
     _rotary: tuple[torch.Tensor, torch.Tensor] | None = None  # cos, sin at image positions, (N, head_dim)
     _text_rotary: tuple[torch.Tensor, torch.Tensor] | None = None
     _embeds: torch.Tensor | None = None  # (N, hidden)
-    # grad mode: full (B, L, D) outputs, gathered at image/text positions when first read (see `capture`)
+    # grad mode: full (B, L, D) outputs and layer-0 input, gathered at image/text positions when first read
     _raw: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    _raw_embeds: torch.Tensor | None = None
     _vision: list[torch.Tensor] = field(default_factory=list)
     _active: bool = False  # the running forward has image tokens (False during decode steps)
 
@@ -158,10 +159,9 @@ class KVCapture:
 
     def _gather_raw(self) -> None:
         """Grad mode: take the image (and text) positions of the full outputs the hooks kept."""
+        if self._raw_embeds is not None:
+            self._embeds, self._raw_embeds = self._raw_embeds[self._index], None
         for key, full in self._raw.items():
-            if key[0] == "embeds":
-                self._embeds = full[self._index]
-                continue
             self._store[key] = full[self._index]
             if self._text_index is not None:
                 self._text_store[key] = full[self._text_index]
@@ -257,7 +257,7 @@ def capture(
         kv._text_store.clear()
         kv._raw.clear()
         kv._vision.clear()
-        kv._rotary = kv._text_rotary = kv._embeds = None
+        kv._rotary = kv._text_rotary = kv._embeds = kv._raw_embeds = None
 
     def gather(name: str, layer: int):
         def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
@@ -287,7 +287,7 @@ def capture(
             return
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         if kv.grad:  # gathered on read, as in `gather`
-            kv._raw[("embeds", 0)] = hidden
+            kv._raw_embeds = hidden
         else:
             kv._embeds = hidden[kv._index].detach()
 

@@ -148,12 +148,14 @@ def fit_logistic_regression(
     weights = torch.ones_like(yd)
     if balanced:
         weights = torch.where(yd > 0, n / (2 * n_pos), n / (2 * (n - n_pos)))
+    xb = torch.cat([xd, torch.ones_like(xd[:, :1])], dim=1)  # (n, D+1): a ones column carries the bias
     if method == "newton" or (method == "auto" and x.shape[1] <= NEWTON_MAX_DIM):
-        params = _logreg_newton(xd, yd, c * weights, max_iter)
+        params = _logreg_newton(xb, yd, c * weights, max_iter)
     else:
-        # Works under no_grad / inference_mode too (Lightning validation): L-BFGS needs its own autograd.
+        # Works under no_grad / inference_mode too (Lightning validation): L-BFGS needs its own autograd,
+        # and the clones are ordinary tensors that autograd may save.
         with torch.inference_mode(False), torch.enable_grad():
-            params = _logreg_lbfgs(xd.clone(), yd.clone(), c * weights.clone(), max_iter)
+            params = _logreg_lbfgs(xb.clone(), yd.clone(), c * weights.clone(), max_iter)
     params = params.float()
     return params[:-1], params[-1]
 
@@ -169,9 +171,9 @@ def _logreg_objective(xb: Tensor, yd: Tensor, cw: Tensor, params: Tensor) -> Ten
         + 0.5 * params[:-1].pow(2).sum()
 
 
-def _logreg_newton(xd: Tensor, yd: Tensor, cw: Tensor, max_iter: int) -> Tensor:
-    """Newton's method with Armijo backtracking; ``(D+1,)`` float64 parameters (bias last)."""
-    xb = torch.cat([xd, torch.ones_like(xd[:, :1])], dim=1)  # (n, D+1)
+def _logreg_newton(xb: Tensor, yd: Tensor, cw: Tensor, max_iter: int) -> Tensor:
+    """Newton's method with Armijo backtracking on ``xb (n, D+1)`` (last column ones); ``(D+1,)`` float64
+    parameters (bias last)."""
     penalty = torch.ones(xb.shape[1], dtype=xb.dtype, device=xb.device)
     penalty[-1] = 0.0  # the bias is not penalised
     # The jitter only keeps the Hessian definite should every probability saturate.
@@ -199,10 +201,9 @@ def _logreg_newton(xd: Tensor, yd: Tensor, cw: Tensor, max_iter: int) -> Tensor:
     return params
 
 
-def _logreg_lbfgs(xd: Tensor, yd: Tensor, cw: Tensor, max_iter: int) -> Tensor:
-    """L-BFGS (strong Wolfe); ``(D+1,)`` float64 parameters (bias last)."""
-    xb = torch.cat([xd, torch.ones_like(xd[:, :1])], dim=1)
-    params = torch.zeros(xb.shape[1], dtype=torch.float64, device=xd.device, requires_grad=True)
+def _logreg_lbfgs(xb: Tensor, yd: Tensor, cw: Tensor, max_iter: int) -> Tensor:
+    """L-BFGS (strong Wolfe) on ``xb (n, D+1)`` (last column ones); ``(D+1,)`` float64 parameters (bias last)."""
+    params = torch.zeros(xb.shape[1], dtype=torch.float64, device=xb.device, requires_grad=True)
     opt = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
                             tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
 
