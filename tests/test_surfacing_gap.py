@@ -144,7 +144,7 @@ def test_fixed_probe_layer_must_exist_and_be_probed(monkeypatch: pytest.MonkeyPa
 
     qs = synthetic_blink_questions(1, seed=0, subtasks=["Art_Style"])
     _planted(monkeypatch, probe_fn=lambda q: torch.tensor([True]), output_right_fn=lambda q: True)
-    with pytest.raises(RecipeError, match="out of range"):
+    with pytest.raises(RecipeError, match="layer 7 does not exist"):
         evaluate_blink(_FakeMLM(), qs, EvalOptions(probes=ProbeOptions(probe_layer=7)), progress=False)
     with pytest.raises(RecipeError, match="not among probes.layers"):
         evaluate_blink(_FakeMLM(), qs, EvalOptions(probes=ProbeOptions(layers=[0], probe_layer=2)), progress=False)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vkvtrain.errors import CaptureError
+from vkvtrain.layers import resolve_layers
 from vkvtrain.models.base import unwrap_model
 from vkvtrain.prompts import ImageSpan, image_runs, spans_from_runs
 
@@ -184,18 +185,6 @@ class KVCapture:
         return tensor if self.grad else tensor.detach()
 
 
-def check_layers(layers: Sequence[int] | None, n_layers: int, model_name: str) -> list[int]:
-    """Layer indices (negative count from the end) -> sorted distinct indices in 0..n_layers-1; None = all."""
-    if layers is None:
-        return list(range(n_layers))
-    resolved = []
-    for layer in layers:
-        if not -n_layers <= int(layer) < n_layers:
-            raise CaptureError(f"layer {layer} does not exist: the LM of {model_name} has layers 0..{n_layers - 1}.")
-        resolved.append(int(layer) % n_layers)
-    return sorted(set(resolved))
-
-
 def _at(table: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Rows of a (B or 1, L, D) table at (batch, position) pairs -> (N, D); batch 1 broadcasts."""
     rows, cols = index
@@ -225,7 +214,7 @@ def capture(
         text_positions: (batch, position) pairs of text tokens to record too (negative positions count
             from the end of the padded sequence).
     """
-    chosen = check_layers(layers, mlm.num_layers, mlm.name)
+    chosen = resolve_layers(layers, mlm.num_layers, f"capture on {mlm.name}")
     kv = KVCapture(mlm=mlm, layers=chosen, grad=grad, text_positions=list(text_positions or []))
     model = unwrap_model(mlm.model)
     decoder_layers = mlm.decoder_layers()

@@ -55,7 +55,7 @@ def kv_command(
     from safetensors.torch import save_file
 
     from vkvtrain import Prompt, load_mlm
-    from vkvtrain.capture import check_layers
+    from vkvtrain.layers import resolve_layers
     from vkvtrain.images import load_image
     from vkvtrain.models.loading import load_config
 
@@ -64,7 +64,7 @@ def kv_command(
     if not pictures:
         raise VKVError("kv needs at least one --image.")
     n_layers = load_config(model).get_text_config().num_hidden_layers
-    check_layers(chosen, n_layers, model)  # before the weights load
+    resolve_layers(chosen, n_layers, f"--layers of {model}")  # before the weights load
     mlm = load_mlm(model)
     batch = mlm.encode([Prompt(images=pictures, text=text, prefix=prefix)])
     with torch.no_grad(), mlm.capture(chosen) as kv:

@@ -41,3 +41,7 @@ class NonFiniteLossError(VKVError, RuntimeError):
 
 class ModelLoadError(VKVError, OSError):
     """A model name or folder cannot be loaded (not found, hub unreachable, incomplete folder)."""
+
+
+class LayerError(CaptureError, RecipeError):
+    """A layer index names no LM layer of the model."""

@@ -22,7 +22,8 @@ from vkvtrain.checkpointing import CHECKPOINT_KEY
 from vkvtrain.data.collate import TrainBatch, TrainingCollator
 from vkvtrain.errors import NonFiniteLossError, RecipeError
 from vkvtrain.interventions.base import Intervention
-from vkvtrain.interventions.key_artifacts import layer_keys, resolve_layers
+from vkvtrain.interventions.key_artifacts import layer_keys
+from vkvtrain.layers import resolve_layers
 from vkvtrain.interventions.quantization import Quantization
 
 
@@ -175,8 +176,7 @@ class VKVModule(L.LightningModule):
             intervention.attach(mlm)
         self.mlm = mlm
         self.hf_model = mlm.model  # registered so Lightning moves it; its frozen weights are not checkpointed
-        self.probe_layers = (resolve_layers(self.probe_layer_spec, mlm.num_layers, "model.probe_layers")
-                             if self.probe_layer_spec is not None else list(range(mlm.num_layers)))
+        self.probe_layers = resolve_layers(self.probe_layer_spec, mlm.num_layers, "model.probe_layers")
         from vkvtrain.data.blink import BLINK_SUBTASKS
         from vkvtrain.probes.surfacing_gap import SurfacingGap
 

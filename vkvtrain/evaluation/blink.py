@@ -30,6 +30,7 @@ from vkvtrain.evaluation.parse import parse_choice
 from vkvtrain.evaluation.protocol import PromptProtocol
 from vkvtrain.evaluation.report import log_wandb, summarize
 from vkvtrain.evaluation.scoring import Answer, generate_answers, score_choices
+from vkvtrain.layers import resolve_layers
 from vkvtrain.probes.surfacing_gap import SurfacingGap
 
 __all__ = ["EvalOptions", "ProbeOptions", "evaluate_blink", "parse_choice", "is_heldout"]
@@ -73,15 +74,6 @@ def is_heldout(idx: str, fraction: float) -> bool:
     return zlib.crc32(idx.encode()) % 10_000 < fraction * 10_000
 
 
-def _resolve_layers(mlm: Any, layers: list[int] | None) -> list[int]:
-    n = mlm.num_layers
-    chosen = list(range(n)) if layers is None else [l % n if -n <= l < n else l for l in layers]
-    bad = [l for l in chosen if not 0 <= l < n]
-    if bad:
-        raise RecipeError(f"probe layer(s) {bad} out of range: the model has {n} LM layers (0..{n - 1}, or -{n}..-1)")
-    return chosen
-
-
 def _length_key(q: BlinkQuestion) -> tuple[int, int, int]:
     """Sort key approximating a question's token count: images, pixels, prompt characters."""
     return (len(q.images), sum(im.width * im.height for im in q.images), len(q.prompt))
@@ -122,9 +114,9 @@ def evaluate_blink(
 
     opts = options or EvalOptions()
     run_probes = opts.probes.enabled and any(probe_kind(q) is not None for q in questions)
-    layers = _resolve_layers(mlm, opts.probes.layers) if run_probes else []
+    layers = resolve_layers(opts.probes.layers, mlm.num_layers, "probes.layers") if run_probes else []
     if run_probes and opts.probes.probe_layer != "heldout":
-        fixed = _resolve_layers(mlm, [int(opts.probes.probe_layer)])[0]
+        fixed = resolve_layers([int(opts.probes.probe_layer)], mlm.num_layers, "probes.probe_layer")[0]
         if fixed not in layers:
             raise RecipeError(f"probes.probe_layer={opts.probes.probe_layer} is not among probes.layers {layers}")
     S = len(BLINK_SUBTASKS)

@@ -24,7 +24,8 @@ from torch import nn
 
 from vkvtrain.errors import RecipeError
 from vkvtrain.interventions.base import Intervention
-from vkvtrain.interventions.key_artifacts import layer_keys, resolve_layers
+from vkvtrain.interventions.key_artifacts import layer_keys
+from vkvtrain.layers import resolve_layers
 from vkvtrain.models.base import unwrap_model
 from vkvtrain.prompts import image_runs
 

@@ -104,14 +104,3 @@ def layer_keys(kv: Any, batch: Any, layer: int, kind: str, min_images: int = 2) 
     if count < min_images:
         return None
     return torch.stack([g.reshape(-1, g.shape[-1]) for g in grids if tuple(g.shape) == shape])
-
-
-def resolve_layers(layers: list[int], num_layers: int, owner: str) -> list[int]:
-    """Map possibly-negative layer indices to [0, num_layers); raise naming the bad index."""
-    out = []
-    for layer in layers:
-        index = layer + num_layers if layer < 0 else layer
-        if not 0 <= index < num_layers:
-            raise RecipeError(f"{owner}: layer {layer} does not exist; the LM has {num_layers} layers.")
-        out.append(index)
-    return sorted(set(out))

@@ -16,7 +16,7 @@ from torch import nn
 
 from vkvtrain.errors import RecipeError
 from vkvtrain.interventions.base import Intervention
-from vkvtrain.interventions.key_artifacts import resolve_layers
+from vkvtrain.layers import resolve_layers
 
 PROJECTIONS = ("q", "k", "v", "o")
 

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor
 
 from vkvtrain.errors import CaptureError
+from vkvtrain.layers import resolve_layers
 from vkvtrain.prompts import Prompt
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class FeatureExtractor:
         if unknown:
             raise ValueError(f"unknown feature sources {sorted(unknown)}; choose from embeds, layers, vision")
         self.mlm, self.encoder, self.batch_size = mlm, encoder, batch_size
-        self.layers = list(range(mlm.num_layers)) if layers is None else [int(x) % mlm.num_layers for x in layers]
+        self.layers = resolve_layers(layers, mlm.num_layers, "probe layers")
         self.sources = list(sources)
         self.rows = row_names(self.layers, self.sources, encoder is not None)
 
