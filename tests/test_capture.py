@@ -274,7 +274,7 @@ def real_geometry_llava_onevision():
     )
 
     from vkvtrain.models.llava_onevision import LlavaOnevisionAdapter
-    from vkvtrain.models.loading import MLM
+    from vkvtrain.mlm import MLM
     from vkvtrain.models.processors import ImageOnlyLlavaOnevisionProcessor
     from vkvtrain.models.tiny import CHATML_LLAVA_OV, _text_config, build_tokenizer
 
@@ -322,7 +322,7 @@ def real_geometry_qwen2_5_vl():
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from vkvtrain.models.loading import MLM
+    from vkvtrain.mlm import MLM
     from vkvtrain.models.processors import ImageOnlyQwen2_5_VLProcessor
     from vkvtrain.models.qwen2_5_vl import Qwen2_5_VLAdapter
     from vkvtrain.models.tiny import CHATML_QWEN2_5_VL, _text_config, build_tokenizer
@@ -375,7 +375,7 @@ def real_geometry_llava_next():
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     from vkvtrain.models.llava_next import LlavaNextAdapter
-    from vkvtrain.models.loading import MLM
+    from vkvtrain.mlm import MLM
     from vkvtrain.models.tiny import LLAMA3_LLAVA_NEXT, _text_config, build_tokenizer
 
     torch.manual_seed(0)

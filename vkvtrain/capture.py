@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -23,12 +23,8 @@ from torch import nn
 from vkvtrain.errors import CaptureError
 from vkvtrain.layers import resolve_layers
 from vkvtrain.models.base import unwrap_model
+from vkvtrain.models.loaded import LoadedMLM
 from vkvtrain.prompts import ImageSpan, image_runs, spans_from_runs
-
-if TYPE_CHECKING:
-    from vkvtrain.models.loading import MLM
-
-KV_NAMES = ("values", "keys", "keys_pre_rope")
 
 
 @dataclass
@@ -71,7 +67,7 @@ class ImageKV:
 class KVCapture:
     """What one forward left behind. Filled by the hooks of `capture`; read after the forward."""
 
-    mlm: MLM
+    mlm: LoadedMLM
     layers: list[int]
     grad: bool
     text_positions: list[tuple[int, int]]
@@ -193,7 +189,7 @@ def _at(table: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.
 
 @contextlib.contextmanager
 def capture(
-    mlm: MLM,
+    mlm: LoadedMLM,
     layers: Sequence[int] | None = None,
     *,
     grad: bool = False,

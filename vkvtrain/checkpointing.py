@@ -1,4 +1,4 @@
-"""Read vkvtrain training checkpoints: rebuild their interventions on a loaded MLM.
+"""The vkvtrain training checkpoint format, written and read here only.
 
 A checkpoint (Lightning format) holds ``state_dict`` = the trainable tensors of the interventions only
 (``interventions.<i>.<name>``) and ``checkpoint["vkvtrain"]`` = {"recipe": resolved YAML, "model": the model
@@ -17,6 +17,22 @@ from vkvtrain.errors import RecipeError
 from vkvtrain.interventions.base import Intervention
 
 CHECKPOINT_KEY = "vkvtrain"
+
+
+def intervention_state(interventions: list[Intervention]) -> dict[str, torch.Tensor]:
+    """The checkpoint's ``state_dict``: every intervention's trainable tensors as ``interventions.<i>.<name>``
+    (CPU, detached)."""
+    return {
+        f"interventions.{i}.{name}": tensor.detach().cpu()
+        for i, intervention in enumerate(interventions)
+        for name, tensor in intervention.trainable_state_dict().items()
+    }
+
+
+def checkpoint_entry(recipe: str, model: str, interventions: list[Intervention]) -> dict[str, Any]:
+    """The ``{"vkvtrain": {...}}`` entry a training checkpoint carries beside Lightning's own."""
+    return {CHECKPOINT_KEY: {"recipe": recipe, "model": model,
+                             "interventions": [intervention.spec() for intervention in interventions]}}
 
 
 def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
@@ -44,8 +60,6 @@ def restore_into(mlm: Any, ckpt_path: str | Path) -> list[Intervention]:
 
     Prompts must carry ``prompt_prefix(interventions)`` before the images when a learned prefix is present.
     """
-    from vkvtrain.module import load_intervention_states
-
     checkpoint = read_checkpoint(ckpt_path)
     interventions = [build_intervention(spec) for spec in checkpoint[CHECKPOINT_KEY]["interventions"]]
     for intervention in interventions:
@@ -61,3 +75,15 @@ def prompt_prefix(interventions: list[Intervention]) -> str | None:
     """The text the interventions need right before the image(s) (e.g. learned-prefix placeholders)."""
     parts = [p for iv in interventions if (p := iv.prompt_prefix())]
     return "".join(parts) or None
+
+
+def load_intervention_states(interventions: list[Intervention], state: dict[str, torch.Tensor]) -> None:
+    """Split ``interventions.<i>.<name>`` tensors by index and load each intervention's part."""
+    parts: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(len(interventions))}
+    for key, value in state.items():
+        _, index, name = key.split(".", 2)
+        if int(index) not in parts:
+            raise KeyError(f"checkpoint holds tensors of intervention #{index}, the recipe has {len(interventions)}.")
+        parts[int(index)][name] = value
+    for intervention, part in zip(interventions, parts.values()):
+        intervention.load_trainable_state_dict(part)

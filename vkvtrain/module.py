@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from vkvtrain.checkpointing import CHECKPOINT_KEY
+from vkvtrain.checkpointing import checkpoint_entry, intervention_state, load_intervention_states
 from vkvtrain.data.collate import TrainBatch, TrainingCollator
 from vkvtrain.errors import NonFiniteLossError, RecipeError
 from vkvtrain.interventions.base import Intervention
@@ -422,11 +422,7 @@ class VKVModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """Trainable tensors only: ``interventions.<i>.<name>``."""
-        return {
-            f"interventions.{i}.{name}": tensor.detach().cpu()
-            for i, iv in enumerate(self.interventions)
-            for name, tensor in iv.trainable_state_dict().items()
-        }
+        return intervention_state(list(self.interventions))
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False) -> Any:  # type: ignore[override]
         if self.mlm is None:  # not built yet (e.g. ddp_spawn hands results back to the main process)
@@ -448,20 +444,5 @@ class VKVModule(L.LightningModule):
                 self.print(f"LoRA adapter saved (peft format): {folder}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "recipe": self.recipe,
-            "model": self.model_name,
-            "interventions": [iv.spec() for iv in self.interventions],
-        }
+        checkpoint.update(checkpoint_entry(self.recipe, self.model_name, list(self.interventions)))
 
-
-def load_intervention_states(interventions: list[Intervention], state: dict[str, torch.Tensor]) -> None:
-    """Split ``interventions.<i>.<name>`` tensors by index and load each intervention's part."""
-    parts: dict[int, dict[str, torch.Tensor]] = {i: {} for i in range(len(interventions))}
-    for key, value in state.items():
-        _, index, name = key.split(".", 2)
-        if int(index) not in parts:
-            raise KeyError(f"checkpoint holds tensors of intervention #{index}, the recipe has {len(interventions)}.")
-        parts[int(index)][name] = value
-    for intervention, part in zip(interventions, parts.values()):
-        intervention.load_trainable_state_dict(part)

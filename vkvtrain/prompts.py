@@ -11,15 +11,13 @@ and then inserts the prefix right before the first image placeholder of the rend
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
 
 from vkvtrain.errors import ImageSpanTruncationError, PromptError
-
-if TYPE_CHECKING:
-    from vkvtrain.models.loading import MLM
+from vkvtrain.models.loaded import LoadedMLM
 
 IGNORE_INDEX = -100
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "labels")
@@ -88,7 +86,7 @@ class EncodedBatch:
         return EncodedBatch(inputs=moved, spans=self.spans, texts=self.texts)
 
 
-def render(mlm: MLM, prompt: Prompt) -> str:
+def render(mlm: LoadedMLM, prompt: Prompt) -> str:
     """The prompt as text in the family's chat template, prefix inserted, answer appended."""
     adapter = mlm.adapter
     if not prompt.images:
@@ -111,7 +109,7 @@ def render(mlm: MLM, prompt: Prompt) -> str:
     return text
 
 
-def encode(mlm: MLM, prompts: Sequence[Prompt], max_length: int | None = None) -> EncodedBatch:
+def encode(mlm: LoadedMLM, prompts: Sequence[Prompt], max_length: int | None = None) -> EncodedBatch:
     """Tokenize prompts into one left-padded batch and locate every image span.
 
     Args:
@@ -142,7 +140,7 @@ def encode(mlm: MLM, prompts: Sequence[Prompt], max_length: int | None = None) -
     return EncodedBatch(inputs=inputs, spans=spans, texts=texts)
 
 
-def answer_labels(mlm: MLM, input_ids: torch.Tensor, answers: Sequence[str]) -> torch.Tensor:
+def answer_labels(mlm: LoadedMLM, input_ids: torch.Tensor, answers: Sequence[str]) -> torch.Tensor:
     """(B, L) labels: the answer tokens (and the turn end) of each row, -100 elsewhere."""
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     for row, answer in enumerate(answers):
@@ -157,7 +155,7 @@ def answer_labels(mlm: MLM, input_ids: torch.Tensor, answers: Sequence[str]) -> 
     return labels
 
 
-def truncate(mlm: MLM, inputs: dict[str, Any], max_length: int) -> dict[str, Any]:
+def truncate(mlm: LoadedMLM, inputs: dict[str, Any], max_length: int) -> dict[str, Any]:
     """Cut every row to `max_length` tokens from its end; refuse when an image token would be cut."""
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     lengths = mask.sum(1)
@@ -199,7 +197,7 @@ def image_runs(input_ids: torch.Tensor, image_token_id: int) -> list[list[tuple[
 
 
 def spans_from_runs(
-    mlm: MLM, runs: list[list[tuple[int, int]]], inputs: dict[str, Any]
+    mlm: LoadedMLM, runs: list[list[tuple[int, int]]], inputs: dict[str, Any]
 ) -> list[list[ImageSpan]]:
     """Attach each run its image's grid shape (asked of the family adapter) and check it fits."""
     grids = mlm.adapter.image_grids(mlm.model, inputs, sum(len(r) for r in runs))
@@ -215,7 +213,7 @@ def spans_from_runs(
     return spans
 
 
-def locate_images(mlm: MLM, inputs: dict[str, Any], images_per_prompt: Sequence[int]) -> list[list[ImageSpan]]:
+def locate_images(mlm: LoadedMLM, inputs: dict[str, Any], images_per_prompt: Sequence[int]) -> list[list[ImageSpan]]:
     """Split each row's image tokens into per-image spans (contiguous runs) and attach their grid shapes."""
     runs = image_runs(inputs["input_ids"], mlm.image_token_id)
     for row, row_runs in enumerate(runs):

@@ -30,6 +30,7 @@ import torch
 
 from vkvtrain.errors import RecipeError
 from vkvtrain.interventions.base import Intervention
+from vkvtrain.layers import resolve_layers
 
 
 def shared_key_energy(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,97 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from vkvtrain.errors import ModelLoadError, UnsupportedModelError
-from vkvtrain.models.base import FamilyAdapter
+from vkvtrain.mlm import MLM
 from vkvtrain.models.registry import adapter_for
 from vkvtrain.models.tiny import TINY_SCHEME, ensure_tiny, parse_tiny
 
-if TYPE_CHECKING:
-    from vkvtrain.capture import KVCapture
-    from vkvtrain.prompts import EncodedBatch, Prompt
-
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-
-
-@dataclass
-class MLM:
-    """A loaded multimodal LM: the transformers model, its processor and its family adapter.
-
-    `model` may be replaced by a peft wrapper (LoRA); everything here resolves layers through the adapter at
-    call time, so it keeps working.
-    """
-
-    model: nn.Module
-    processor: Any
-    adapter: FamilyAdapter
-    name: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def family(self) -> str:
-        return self.adapter.family
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.processor.tokenizer
-
-    @property
-    def text_config(self) -> PretrainedConfig:
-        return self.adapter.text_config(self.model)
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.text_config.num_hidden_layers)
-
-    @property
-    def num_kv_heads(self) -> int:
-        return int(self.text_config.num_key_value_heads)
-
-    @property
-    def head_dim(self) -> int:
-        config = self.text_config
-        return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
-
-    @property
-    def kv_dim(self) -> int:
-        return self.num_kv_heads * self.head_dim
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.text_config.hidden_size)
-
-    @property
-    def image_token_id(self) -> int:
-        return self.adapter.image_token_id(self.model)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def decoder_layers(self) -> nn.ModuleList:
-        return self.adapter.decoder_layers(self.model)
-
-    def encode(self, prompts: Sequence[Prompt], max_length: int | None = None) -> EncodedBatch:
-        """Tokenize prompts with images into one left-padded batch (see `vkvtrain.prompts.encode`)."""
-        from vkvtrain.prompts import encode
-
-        return encode(self, prompts, max_length=max_length)
-
-    def capture(self, layers: Sequence[int] | None = None, **options: Any) -> contextlib.AbstractContextManager[KVCapture]:
-        """Record image keys/values of the next forward (see `vkvtrain.capture.capture`)."""
-        from vkvtrain.capture import capture
-
-        return capture(self, layers, **options)
 
 
 def _resolve_source(name_or_path: str) -> tuple[str, bool]:

@@ -20,7 +20,7 @@ from vkvtrain.layers import resolve_layers
 from vkvtrain.prompts import Prompt
 
 if TYPE_CHECKING:
-    from vkvtrain.models.loading import MLM
+    from vkvtrain.mlm import MLM
     from vkvtrain.probes.encoder import VisionEncoder
 
 

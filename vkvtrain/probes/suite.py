@@ -19,7 +19,7 @@ from vkvtrain.probes.features import FeatureExtractor, ImageFeatures
 from vkvtrain.probes.segmentation import CoSegmentation, FewShotSegmentation, TextGroundedSegmentation
 
 if TYPE_CHECKING:
-    from vkvtrain.models.loading import MLM
+    from vkvtrain.mlm import MLM
     from vkvtrain.probes.encoder import VisionEncoder
 
 #: which real loader serves which task
