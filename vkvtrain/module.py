@@ -24,7 +24,7 @@ from vkvtrain.errors import NonFiniteLossError, RecipeError
 from vkvtrain.interventions.base import Intervention
 from vkvtrain.interventions.key_artifacts import layer_keys
 from vkvtrain.layers import resolve_layers
-from vkvtrain.interventions.quantization import Quantization
+from vkvtrain.models.quantization import Quantization
 
 
 def output_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -164,7 +164,7 @@ class VKVModule(L.LightningModule):
         device = self._trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         mlm = load_mlm(
             self.model_name, dtype=self.dtype_name, attn_implementation=self.attn_implementation,
-            quantization=self.quantization.to_bnb_config() if self.quantization else None,
+            quantization=self.quantization,
             # bitsandbytes weights are quantized while loading onto their device
             device_map={"": device} if self.quantization and device.type == "cuda" else None,
         )

@@ -5,7 +5,7 @@ from vkvtrain.interventions.blocking import AttentionBlocking
 from vkvtrain.interventions.key_artifacts import KeyArtifactSuppression
 from vkvtrain.interventions.lora import LateLoRA
 from vkvtrain.interventions.prefix import LearnedPrefix
-from vkvtrain.interventions.quantization import Quantization
+from vkvtrain.models.quantization import Quantization
 
 __all__ = [
     "AttentionBlocking",

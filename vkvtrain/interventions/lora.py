@@ -1,13 +1,15 @@
 """LoRA on chosen later LM layers through peft, never on the vision tower.
 
 peft's ``layers_to_transform`` also matches the vision encoder's layers (same names, same indices), so the
-targets are one regex over full module names: ``...language_model\\.layers\\.(i|j)\\.self_attn\\.(q|k|v|o)_proj``.
+targets are one regex over full module names built from the family adapter's LM layer path:
+``(.*\\.)?model\\.language_model\\.layers\\.(i|j)\\.self_attn\\.(q|k|v|o)_proj``.
 The adapter is injected in place (``mlm.model`` keeps its class, so capture and the adapters still find their
 layers) and saved as a standard peft adapter that ``PeftModel.from_pretrained(base, folder)`` loads.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,15 @@ from vkvtrain.layers import resolve_layers
 PROJECTIONS = ("q", "k", "v", "o")
 
 
-def target_regex(layers: list[int], projections: list[str]) -> str:
-    """peft ``target_modules`` regex (matched with re.fullmatch on full module names) for LM attention."""
+def target_regex(lm_layers: str, layers: list[int], projections: list[str]) -> str:
+    """peft ``target_modules`` regex (matched with re.fullmatch on full module names) for the attention
+    projections of ``layers`` under the LM layer path ``lm_layers`` (e.g. "model.language_model.layers")."""
     bad = [p for p in projections if p not in PROJECTIONS]
     if bad or not projections:
         raise RecipeError(f"LateLoRA.projections must be a non-empty subset of {PROJECTIONS}, got {projections}.")
     layer_alt = "|".join(str(i) for i in layers)
     proj_alt = "|".join(projections)
-    return rf".*language_model\.layers\.({layer_alt})\.self_attn\.({proj_alt})_proj"
+    return rf"(.*\.)?{re.escape(lm_layers)}\.({layer_alt})\.self_attn\.({proj_alt})_proj"
 
 
 class LateLoRA(Intervention):
@@ -68,7 +71,7 @@ class LateLoRA(Intervention):
             r=self.rank,
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
-            target_modules=target_regex(resolved, self.projections),
+            target_modules=target_regex(mlm.adapter.lm_layers, resolved, self.projections),
             bias="none",
         )
         object.__setattr__(self, "_peft", get_peft_model(mlm.model, config, adapter_name=self.adapter_name))

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from vkvtrain.errors import PromptError
 
@@ -24,7 +25,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The transformers model under a peft wrapper (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+    base = get_base() if callable(get_base) else model
+    assert isinstance(base, nn.Module)
+    return base
 
 
 class FamilyAdapter(ABC):
@@ -33,26 +36,38 @@ class FamilyAdapter(ABC):
     Class attributes:
         family: short name used in `tiny://<family>` and in reports.
         model_type: the `config.model_type` this adapter serves.
+        model_class_name: the transformers class (an attribute of the `transformers` package).
+        processor_class: the processor class `from_pretrained` loads the checkpoint's processor with.
         image_placeholder: the text that marks one image in a rendered chat prompt (before expansion).
         turn_end: the text that closes an assistant turn (appended after a training answer).
+        lm_layers: dotted path of the LM decoder layers on the (unwrapped) transformers model.
+        vision_modules: full module names of the vision tower and projector (never quantized, never given LoRA).
     """
 
     family: ClassVar[str]
     model_type: ClassVar[str]
     model_class_name: ClassVar[str]
+    processor_class: ClassVar[type[ProcessorMixin]]
     image_placeholder: ClassVar[str]
     turn_end: ClassVar[str]
+    lm_layers: ClassVar[str] = "model.language_model.layers"
+    vision_modules: ClassVar[tuple[str, ...]]
 
     # --- model layout -------------------------------------------------------------------------
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The LM decoder layers, resolved at run time (also under peft wrappers)."""
-        return unwrap_model(model).model.language_model.layers
+        layers = unwrap_model(model).get_submodule(self.lm_layers)
+        assert isinstance(layers, nn.ModuleList)
+        return layers
 
     def language_model(self, model: nn.Module) -> nn.Module:
-        return unwrap_model(model).model.language_model
+        """The module that holds the decoder layers (the LM body, without its head)."""
+        return unwrap_model(model).get_submodule(self.lm_layers.rpartition(".")[0])
 
-    def text_config(self, model: nn.Module) -> Any:
-        return unwrap_model(model).config.get_text_config()
+    def text_config(self, model: nn.Module) -> PretrainedConfig:
+        config = unwrap_model(model).config
+        assert isinstance(config, PretrainedConfig)
+        return config.get_text_config()
 
     def image_token_id(self, model: nn.Module) -> int:
         config = unwrap_model(model).config
@@ -60,6 +75,13 @@ class FamilyAdapter(ABC):
         if token_id is None:
             token_id = getattr(config, "image_token_index")
         return int(token_id)
+
+    # --- offline checkpoints ------------------------------------------------------------------
+    @abstractmethod
+    def build_tiny(self, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+        """A randomly initialised model of this family at ``size`` ("tiny" or "mid", see
+        `vkvtrain.models.tiny_parts`) with a byte-level tokenizer, the family's image processor and its chat
+        template. Called under a fixed torch seed by `vkvtrain.models.tiny`."""
 
     @abstractmethod
     def projector(self, model: nn.Module) -> nn.Module:

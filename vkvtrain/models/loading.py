@@ -11,7 +11,8 @@ from transformers import AutoConfig, PretrainedConfig
 
 from vkvtrain.errors import ModelLoadError, UnsupportedModelError
 from vkvtrain.mlm import MLM
-from vkvtrain.models.registry import adapter_for
+from vkvtrain.models.quantization import Quantization
+from vkvtrain.models.registry import adapter_for, families
 from vkvtrain.models.tiny import TINY_SCHEME, ensure_tiny, parse_tiny
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -22,12 +23,10 @@ def _resolve_source(name_or_path: str) -> tuple[str, bool]:
     """(path or hub id to load from, whether it is a tiny checkpoint)."""
     if name_or_path.startswith(TINY_SCHEME):
         family, size = parse_tiny(name_or_path)
-        from vkvtrain.models.registry import FAMILIES
-
-        if family not in FAMILIES:
+        if family not in families():
             raise UnsupportedModelError(
                 f"unknown tiny checkpoint {name_or_path!r}; supported: "
-                + ", ".join(f"{TINY_SCHEME}{f}" for f in FAMILIES)
+                + ", ".join(f"{TINY_SCHEME}{f}" for f in families())
             )
         return str(ensure_tiny(family, size)), True
     return name_or_path, False
@@ -48,7 +47,7 @@ def load_config(name_or_path: str, revision: str | None = None, trust_remote_cod
         raise ModelLoadError(
             f"cannot load a model config from {name_or_path!r}: {str(error).splitlines()[0]} "
             "Give a local folder written by save_pretrained, a hub id reachable from this machine (unset "
-            "HF_HUB_OFFLINE), or tiny://llava_onevision | tiny://qwen2_5_vl | tiny://llava_next."
+            "HF_HUB_OFFLINE), or " + " | ".join(f"{TINY_SCHEME}{f}" for f in families()) + "."
         ) from error
 
 
@@ -57,7 +56,7 @@ def load_mlm(
     dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
     device_map: str | dict[str, Any] | None = None,
-    quantization: Any = None,
+    quantization: Quantization | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     random_init: bool = False,
@@ -72,7 +71,8 @@ def load_mlm(
         dtype: "bfloat16", "float16", "float32" or a torch dtype; None keeps float32.
         attn_implementation: "eager", "sdpa" or "flash_attention_2"; None lets transformers choose.
         device_map: passed to `from_pretrained` (e.g. "auto", "cuda:0").
-        quantization: a `transformers.BitsAndBytesConfig` (see `vkvtrain.interventions.quantization`) or None.
+        quantization: bitsandbytes loading of the LM (`vkvtrain.models.quantization.Quantization`) or None;
+            the family's vision tower and projector stay unquantized.
         revision: hub revision (branch, tag or commit) to pin.
         trust_remote_code: off by default; only the stock transformers classes are supported anyway.
         random_init: build the same architecture with freshly initialised weights (the probes' random-init
@@ -96,7 +96,7 @@ def load_mlm(
     if device_map is not None:
         kwargs["device_map"] = device_map
     if quantization is not None:
-        kwargs["quantization_config"] = quantization
+        kwargs["quantization_config"] = quantization.to_bnb_config(adapter.vision_modules)
     if random_init:
         with torch.random.fork_rng(devices=[]):
             if init_seed is not None:
