@@ -16,7 +16,7 @@ blocking artifacts can be told apart from a gain from blocking any that many key
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -26,8 +26,10 @@ from vkvtrain.errors import RecipeError
 from vkvtrain.interventions.base import Intervention
 from vkvtrain.interventions.key_artifacts import layer_keys
 from vkvtrain.layers import resolve_layers
+from vkvtrain.mlm import MLM
 from vkvtrain.models.base import unwrap_model
-from vkvtrain.prompts import image_runs
+from vkvtrain.probes.functional import input_agnosticism
+from vkvtrain.prompts import EncodedBatch, image_runs
 
 
 def block_mask(
@@ -107,7 +109,7 @@ class AttentionBlocking(Intervention):
     def needs_calibration(self) -> bool:
         return self.positions.numel() == 0
 
-    def attach(self, mlm: Any) -> None:
+    def attach(self, mlm: MLM) -> None:
         super().attach(mlm)
         self._resolved = resolve_layers(self.layers, mlm.num_layers, type(self).__name__)
         if self._given is not None and self.positions.numel() == 0:
@@ -130,16 +132,18 @@ class AttentionBlocking(Intervention):
         """Span-relative blocked positions per resolved layer."""
         return {layer: [int(p) for p in self.positions[r] if p >= 0] for r, layer in enumerate(self._resolved)}
 
+    def record(self) -> dict[str, Any]:
+        """The spec plus the positions actually blocked (given or calibrated), per layer."""
+        return {**self.spec(), "blocked_positions": {str(k): v for k, v in self.blocked_positions().items()}}
+
     @torch.no_grad()
-    def calibrate(self, mlm: Any, batches: Iterable[Any]) -> dict[int, list[int]]:
+    def calibrate(self, mlm: MLM, batches: Sequence[EncodedBatch]) -> dict[int, list[int]]:
         """Pick the ``top_k`` most input-agnostic key positions per layer (``probes.input_agnosticism``), or
         ``top_k`` random ones per layer for ``selection="random"``.
 
         ``batches`` are encoded batches (``mlm.encode`` output) holding >= 2 same-grid images in total.
         Keys are read as cached (post-RoPE), as attention sees them.
         """
-        from vkvtrain.probes.functional import input_agnosticism
-
         keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in self._resolved}
         blocked, self._enabled = self._enabled, False  # calibrate on the unblocked model
         try:
@@ -172,7 +176,7 @@ class AttentionBlocking(Intervention):
         if input_ids is None or not self._enabled:
             self._blocked = None
             return
-        image_id = self._mlm.image_token_id
+        image_id = self.mlm.image_token_id
         if not bool((input_ids == image_id).any()):
             cache = kwargs.get("past_key_values")
             if cache is None or int(cache.get_seq_length()) == 0:

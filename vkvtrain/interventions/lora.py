@@ -19,6 +19,7 @@ from torch import nn
 from vkvtrain.errors import RecipeError
 from vkvtrain.interventions.base import Intervention
 from vkvtrain.layers import resolve_layers
+from vkvtrain.mlm import MLM
 
 PROJECTIONS = ("q", "k", "v", "o")
 
@@ -62,7 +63,7 @@ class LateLoRA(Intervention):
         self.adapter_name = "default"
         self._peft: Any = None  # the PeftModel wrapper; kept out of nn.Module registration on purpose
 
-    def attach(self, mlm: Any) -> None:
+    def attach(self, mlm: MLM) -> None:
         from peft import LoraConfig, get_peft_model
 
         super().attach(mlm)
@@ -107,6 +108,6 @@ class LateLoRA(Intervention):
         self._peft.save_pretrained(str(folder), safe_serialization=True)
         return Path(folder)
 
-    def detach(self) -> None:
-        # peft's LoRA layers stay injected (unloading them would merge or drop the trained weights).
-        super().detach()
+    def export(self, parent: Path, index: int) -> Path:
+        """The adapter in peft's format at ``parent/peft_adapter_<index>``."""
+        return self.save_adapter(parent / f"peft_adapter_{index}")

@@ -8,6 +8,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from vkvtrain.plots import close, heatmap_figure
 from vkvtrain.probes.config import PRIMARY
 
 Results = Mapping[str, Mapping[str, Mapping[str, float]]]  # task -> metric -> row -> value
@@ -95,26 +98,13 @@ def markdown(per_model: Mapping[str, Results], correlation: Mapping[str, Any] | 
 
 
 def heatmap(results: Results, path: Path, title: str) -> Path:
-    """A row x task heatmap of the primary metrics, saved as PNG (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    """A row x task heatmap of the primary metrics, saved as PNG."""
     cols = [f"{t}.{PRIMARY[t]}" for t in results if PRIMARY.get(t) in results[t]]
     rows = rows_of(results)
     data = np.array([[_value(results, c, r) for c in cols] for r in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 0.35 * len(rows) + 1.8))
-    im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_ylabel("row (embeds = layer 0)")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
+    fig = heatmap_figure(data, rows, cols, title, row_title="row (LM layer index, or a named baseline)")
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    close(fig)
     return path
 
 
