@@ -21,8 +21,8 @@ from transformers import (
     Qwen2Config,
 )
 
-from vkvtrain.models.base import FamilyAdapter, unwrap_model
-from vkvtrain.models.tiny_parts import VISION_SHAPES, build_tokenizer, lm_config_kwargs
+from vkvtrain.models.base import FamilyAdapter, HookHandle, submodule, unwrap_model
+from vkvtrain.models.tiny_parts import VISION_SHAPES, build_tokenizer, lm_config_kwargs, token_id
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
@@ -42,14 +42,14 @@ class LlavaAdapter(FamilyAdapter):
     vision_modules: ClassVar[tuple[str, ...]] = ("model.vision_tower", "model.multi_modal_projector")
 
     def projector(self, model: nn.Module) -> nn.Module:
-        return unwrap_model(model).model.multi_modal_projector
+        return submodule(model, "model.multi_modal_projector")
 
     def image_grids(self, model: nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
         vision = unwrap_model(model).config.vision_config
         side = vision.image_size // vision.patch_size
         return [(side, side)] * n_images
 
-    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> Any:
+    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> HookHandle:
         def grab(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             sink.extend(args[0])  # (n_images, H*W, D_vision): one crop per image, CLS already dropped
 
@@ -62,7 +62,7 @@ class LlavaAdapter(FamilyAdapter):
         vision = CLIPVisionConfig(image_size=32, patch_size=8, projection_dim=shape["hidden_size"], **shape)
         config = LlavaConfig(
             text_config=Qwen2Config(**lm_config_kwargs(size, tok)).to_dict(), vision_config=vision.to_dict(),
-            image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+            image_token_index=token_id(tok, "<image>"), vision_feature_layer=-2,
             vision_feature_select_strategy="default",
         )
         model = LlavaForConditionalGeneration(config)

@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, DistributedSampler
 
+from vkvtrain.data.collate import TrainingCollator
 from vkvtrain.data.training import DataSource, ExampleDataset
 from vkvtrain.errors import DatasetError, RecipeError
 
@@ -54,6 +55,11 @@ class ResumableDataLoader(DataLoader):
         sampler.skip = done * int(self.batch_size or 1) if done < len(self) else 0
         sampler.skip_epoch = int(state.get("epoch", sampler.epoch))
 
+
+
+def _processed(trainer: L.Trainer) -> int:
+    """Training batches of the current epoch the trainer has processed."""
+    return int(getattr(trainer.fit_loop.epoch_loop.batch_progress.current, "processed"))
 
 
 class VKVDataModule(L.LightningDataModule):
@@ -98,22 +104,31 @@ class VKVDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.train_source is None:
             raise RecipeError("`fit` needs data.train (a DataSource); the recipe's data section has none.")
-        if stage == "fit" and self.train_set is None:
+        if stage == "fit" and self.train_set is None and self.train_source is not None:
             self.train_set = ExampleDataset(self.train_source)
         if stage in ("fit", "validate", "test") and self.val_source is not None and self.val_set is None:
             self.val_set = ExampleDataset(self.val_source)
         if stage in ("validate", "test") and self.val_source is None:
             raise RecipeError(f"`{stage}` needs data.val (a DataSource); the recipe's data section has none.")
 
-    def _collator(self) -> Any:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not hasattr(module, "collator"):
+    def _trainer_of(self) -> L.Trainer:
+        if self.trainer is None:
+            raise RecipeError("VKVDataModule's loaders are built by a Trainer (trainer.fit / validate / test).")
+        return self.trainer
+
+    def _collator(self) -> TrainingCollator:
+        # the module encodes with its MLM: the datamodule holds no model of its own
+        module = self._trainer_of().lightning_module
+        collator = getattr(module, "collator", None)
+        if not callable(collator):
             raise RecipeError("VKVDataModule must be used with VKVModule (it encodes with the module's MLM).")
-        return module.collator(max_length=self.max_length)
+        made = collator(max_length=self.max_length)
+        assert isinstance(made, TrainingCollator)
+        return made
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
-        trainer = self.trainer
+        trainer = self._trainer_of()
         per_step = self.batch_size * trainer.world_size
         if len(self.train_set) < per_step:
             raise DatasetError(
@@ -128,7 +143,7 @@ class VKVDataModule(L.LightningDataModule):
         return ResumableDataLoader(
             self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
             collate_fn=self._collator(), num_workers=self.num_workers,
-            progress=lambda: (trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed),
+            progress=lambda: (trainer.current_epoch, _processed(trainer)),
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -201,11 +201,11 @@ class VKVModule(L.LightningModule):
         assert isinstance(count, torch.Tensor)
         return forward.token_loss_sum * world / count.clamp_min(1)
 
-    def validation_step(self, batch: TrainBatch, batch_idx: int) -> ValidationStep:
-        return self._eval_step(batch, "val")
+    def validation_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, ValidationStep]:  # type: ignore[override]
+        return {"step": self._eval_step(batch, "val")}
 
-    def test_step(self, batch: TrainBatch, batch_idx: int) -> ValidationStep:
-        return self._eval_step(batch, "test")
+    def test_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, ValidationStep]:  # type: ignore[override]
+        return {"step": self._eval_step(batch, "test")}
 
     def _eval_step(self, batch: TrainBatch, stage: str) -> ValidationStep:
         forward, kv = self._forward(batch, self.probe_layers, grad=False)
@@ -245,7 +245,7 @@ class VKVModule(L.LightningModule):
         calibrate on up to ``calibration_batches`` validation batches (training batches if no val split)."""
         if not any(iv.needs_calibration for iv in self.intervention_list):
             return
-        datamodule: Any = self.trainer.datamodule
+        datamodule: Any = getattr(self.trainer, "datamodule")
         loader = datamodule.val_dataloader() if getattr(datamodule, "val_set", None) is not None \
             else datamodule.train_dataloader()
         batches = []

@@ -184,7 +184,7 @@ def _shorter_question(mlm: LoadedMLM, prompt: Prompt, row: int, length: int, max
             f"least {length}, or use smaller / fewer images."
         )
     keep = max(0, len(question) - (length - max_length))
-    return replace(prompt, text=mlm.tokenizer.decode(question[:keep]))
+    return replace(prompt, text=str(mlm.tokenizer.decode(question[:keep])))
 
 
 def answer_labels(mlm: LoadedMLM, input_ids: torch.Tensor, answers: Sequence[str]) -> torch.Tensor:

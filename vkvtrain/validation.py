@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -30,7 +30,7 @@ from vkvtrain.capture import KVCapture
 from vkvtrain.data.blink import BLINK_SUBTASKS, LETTERS, Point, parse_answer
 from vkvtrain.data.collate import TrainBatch
 from vkvtrain.evaluation.latent import probe_correct_from_capture
-from vkvtrain.interventions import prompt_prefix
+from vkvtrain.interventions import Intervention, prompt_prefix
 from vkvtrain.interventions.key_artifacts import layer_keys
 from vkvtrain.mlm import MLM
 from vkvtrain.plots import close, heatmap_figure
@@ -43,11 +43,24 @@ from vkvtrain.probes.surfacing_gap import SurfacingGap
 @dataclass
 class ValidationStep:
     """What `VKVModule.validation_step` hands to this callback: the batch, its capture and per-row output
-    correctness ((B,) bool: greedy decoding reproduces the answer)."""
+    correctness ((B,) bool: greedy decoding reproduces the answer); the step returns it as ``{"step": ...}``."""
 
     batch: TrainBatch
     kv: KVCapture
     correct: torch.Tensor
+
+
+@runtime_checkable
+class VKVModuleLike(Protocol):
+    """What this callback reads of the module it measures (`vkvtrain.module.VKVModule`, which imports this file)."""
+
+    probe_layers: list[int]
+
+    @property
+    def mlm(self) -> MLM: ...
+
+    @property
+    def intervention_list(self) -> list[Intervention]: ...
 
 
 @dataclass
@@ -115,7 +128,7 @@ class ValidationProbes(Callback):
 
     # ------------------------------------------------------------------ lifecycle
     def _start(self, pl_module: L.LightningModule) -> None:
-        self.layers = list(pl_module.probe_layers)
+        self.layers = list(_vkv_module(pl_module).probe_layers)
         self.agnosticism = None  # sized by the first batch's grid
         # Built on every rank at epoch start (not on the first BLINK-style batch) so every rank joins its sync.
         self.gap = SurfacingGap(num_subtasks=len(BLINK_SUBTASKS), num_layers=len(self.layers)).to(pl_module.device)
@@ -128,11 +141,11 @@ class ValidationProbes(Callback):
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._update(outputs, pl_module.device)
+        self._update(outputs["step"], pl_module.device)
 
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                           batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._update(outputs, pl_module.device)
+        self._update(outputs["step"], pl_module.device)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log(trainer, pl_module, "val")
@@ -231,8 +244,9 @@ class ValidationProbes(Callback):
 
     def _run_probe_suite(self, pl_module: L.LightningModule) -> dict[str, dict[str, dict[str, float]]]:
         """``{task: {metric: {row: value}}}`` from the probe suite on the model as it is now."""
-        mlm: MLM = pl_module.mlm
-        prefix = prompt_prefix(pl_module.interventions)
+        module = _vkv_module(pl_module)
+        mlm: MLM = module.mlm
+        prefix = prompt_prefix(module.intervention_list)
         config = ProbeConfig(
             tasks=list(self.probe_tasks), layers=list(self.layers), sources=["layers"],
             data={t: DataSpec(**{"n": self.probe_items, **self.probe_data.get(t, {})}) for t in self.probe_tasks},
@@ -260,6 +274,12 @@ class ValidationProbes(Callback):
         for logger in loggers:
             logger.log_image(key=f"{stage}/layer_task_heatmap", images=[fig], step=trainer.global_step)
         close(fig)
+
+
+def _vkv_module(pl_module: L.LightningModule) -> VKVModuleLike:
+    if not isinstance(pl_module, VKVModuleLike):
+        raise TypeError(f"ValidationProbes measures a VKVModule, got {type(pl_module).__name__}.")
+    return pl_module
 
 
 def step_output(batch: TrainBatch, kv: KVCapture, logits: torch.Tensor, targets: torch.Tensor) -> ValidationStep:

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from PIL import Image
+from torch.utils.data import Dataset
 
 from vkvtrain.errors import DatasetError
 from vkvtrain.images import decode_image, undecoded_image_columns
@@ -180,7 +181,7 @@ def to_example(row: dict[str, Any], spec: DataSource, index: int | None = None) 
     )
 
 
-class ExampleDataset:
+class ExampleDataset(Dataset[TrainingExample]):
     """Map-style dataset of TrainingExample over a ``datasets.Dataset`` (decoding happens per item)."""
 
     def __init__(self, spec: DataSource) -> None:

@@ -69,7 +69,8 @@ class LearnedPrefix(Intervention):
         if len(ids) != 2 or ids[0] != ids[1]:
             raise RecipeError(f"The tokenizer splits the prefix placeholder {PLACEHOLDER!r} into {ids}.")
         self.placeholder_id = int(ids[0])
-        embedding: nn.Embedding = mlm.model.get_input_embeddings()
+        embedding = mlm.model.get_input_embeddings()
+        assert isinstance(embedding, nn.Embedding)
         if self.vectors.numel() == 0:
             self.vectors = nn.Parameter(self._initial_vectors(mlm, embedding))
         self._hooks.append(embedding.register_forward_pre_hook(self._swap_ids))

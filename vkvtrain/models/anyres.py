@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from vkvtrain.models.base import FamilyAdapter, unwrap_model
+from vkvtrain.models.base import FamilyAdapter, HookHandle, hf_config, submodule
 
 
 class AnyresAdapter(FamilyAdapter):
@@ -19,11 +19,11 @@ class AnyresAdapter(FamilyAdapter):
     vision_modules: ClassVar[tuple[str, ...]] = ("model.vision_tower", "model.multi_modal_projector")
 
     def projector(self, model: nn.Module) -> nn.Module:
-        return unwrap_model(model).model.multi_modal_projector
+        return submodule(model, "model.multi_modal_projector")
 
     def base_grid(self, model: nn.Module) -> tuple[int, int]:
-        vision = unwrap_model(model).config.vision_config
-        side = vision.image_size // vision.patch_size
+        vision = hf_config(model).vision_config
+        side = int(vision.image_size) // int(vision.patch_size)
         return side, side
 
     def image_grids(self, model: nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
@@ -31,7 +31,7 @@ class AnyresAdapter(FamilyAdapter):
 
     def crops_per_image(self, model: nn.Module, inputs: dict[str, Any]) -> list[int]:
         """Number of vision-tower crops of every image, in the order the projector sees them."""
-        config = unwrap_model(model).config
+        config = hf_config(model)
         return [
             image_size_to_num_patches(
                 image_size=size, grid_pinpoints=config.image_grid_pinpoints, patch_size=config.vision_config.image_size
@@ -39,9 +39,9 @@ class AnyresAdapter(FamilyAdapter):
             for size in inputs["image_sizes"]
         ]
 
-    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
+    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> HookHandle:
         state: dict[str, Any] = {}
-        inner = unwrap_model(model).model
+        inner = submodule(model, "model")
 
         def remember_inputs(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
             state["inputs"] = kwargs

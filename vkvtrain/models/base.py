@@ -7,7 +7,7 @@ one line in `registry.py`. Everything else in vkvtrain asks the adapter, never t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -28,6 +28,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     base = get_base() if callable(get_base) else model
     assert isinstance(base, nn.Module)
     return base
+
+
+def submodule(model: nn.Module, path: str) -> nn.Module:
+    """The module at dotted ``path`` of the transformers model under ``model`` (peft wrappers looked through)."""
+    return unwrap_model(model).get_submodule(path)
+
+
+def hf_config(model: nn.Module) -> Any:
+    """The transformers config of ``model`` (a dynamic attribute bag, so typed Any)."""
+    return getattr(unwrap_model(model), "config")
+
+
+class HookHandle(Protocol):
+    """Anything that removes the hooks it stands for (a torch RemovableHandle, or several together)."""
+
+    def remove(self) -> None: ...
 
 
 class FamilyAdapter(ABC):
@@ -56,21 +72,21 @@ class FamilyAdapter(ABC):
     # --- model layout -------------------------------------------------------------------------
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The LM decoder layers, resolved at run time (also under peft wrappers)."""
-        layers = unwrap_model(model).get_submodule(self.lm_layers)
+        layers = submodule(model, self.lm_layers)
         assert isinstance(layers, nn.ModuleList)
         return layers
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The module that holds the decoder layers (the LM body, without its head)."""
-        return unwrap_model(model).get_submodule(self.lm_layers.rpartition(".")[0])
+        return submodule(model, self.lm_layers.rpartition(".")[0])
 
     def text_config(self, model: nn.Module) -> PretrainedConfig:
-        config = unwrap_model(model).config
+        config = hf_config(model)
         assert isinstance(config, PretrainedConfig)
         return config.get_text_config()
 
     def image_token_id(self, model: nn.Module) -> int:
-        config = unwrap_model(model).config
+        config = hf_config(model)
         token_id = getattr(config, "image_token_id", None)
         if token_id is None:
             token_id = getattr(config, "image_token_index")
@@ -102,7 +118,7 @@ class FamilyAdapter(ABC):
 
     # --- vision tower features (baseline) -----------------------------------------------------
     @abstractmethod
-    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
+    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> HookHandle:
         """Register a hook that appends, per image in batch order, the pre-projector patch features of its
         base grid, shape (H*W, D_vision), to `sink`. Returns the hook handle."""
 

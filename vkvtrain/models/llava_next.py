@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from vkvtrain.models.anyres import AnyresAdapter
-from vkvtrain.models.tiny_parts import VISION_SHAPES, build_tokenizer, lm_config_kwargs
+from vkvtrain.models.tiny_parts import VISION_SHAPES, build_tokenizer, lm_config_kwargs, token_id
 
 #: Llama-3 chat format as llama3-llava-next-8b-hf publishes it (images of a turn before its text).
 CHAT_TEMPLATE = (
@@ -56,18 +56,19 @@ class LlavaNextAdapter(AnyresAdapter):
     def build_tiny(self, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
         """CLIP 32 px / 8 px patches (a 4 x 4 base grid, CLS dropped), anyres pinpoints up to 64 x 64, Llama LM."""
         tok = tokenizer()
+        pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
         shape = VISION_SHAPES[size]
         vision = CLIPVisionConfig(image_size=32, patch_size=8, projection_dim=shape["hidden_size"], **shape)
         config = LlavaNextConfig(
             text_config=text_config(size, tok).to_dict(), vision_config=vision.to_dict(),
-            image_token_index=tok.convert_tokens_to_ids("<image>"),
-            image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+            image_token_index=token_id(tok, "<image>"),
+            image_grid_pinpoints=pinpoints,
             vision_feature_layer=-2, vision_feature_select_strategy="default", tie_word_embeddings=False,
         )
         model = LlavaNextForConditionalGeneration(config)
         image_processor = LlavaNextImageProcessorPil(
             size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-            image_grid_pinpoints=config.image_grid_pinpoints,
+            image_grid_pinpoints=pinpoints,
         )
         processor = LlavaNextProcessor(
             image_processor=image_processor, tokenizer=tok, patch_size=8, num_additional_image_tokens=1,

@@ -23,7 +23,7 @@ from transformers import (
 
 from vkvtrain.models.anyres import AnyresAdapter
 from vkvtrain.models.processors import ImageOnlyLlavaOnevisionProcessor
-from vkvtrain.models.tiny_parts import VISION_SHAPES, build_tokenizer, lm_config_kwargs
+from vkvtrain.models.tiny_parts import VISION_SHAPES, build_tokenizer, lm_config_kwargs, token_id
 
 #: ChatML as LLaVA-OneVision publishes it: every image of a turn is rendered before its text, so a prefix
 #: before the image has to be placed by vkvtrain (see vkvtrain/prompts.py).
@@ -66,17 +66,18 @@ class LlavaOnevisionAdapter(AnyresAdapter):
     def build_tiny(self, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
         """SigLIP 32 px / 8 px patches (a 4 x 4 base grid), anyres pinpoints up to 64 x 64, Qwen2 LM."""
         tok = tokenizer()
+        pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
         vision = SiglipVisionConfig(image_size=32, patch_size=8, **VISION_SHAPES[size])
         config = LlavaOnevisionConfig(
             text_config=text_config(size, tok).to_dict(), vision_config=vision.to_dict(),
-            image_token_index=tok.convert_tokens_to_ids("<image>"),
-            video_token_index=tok.convert_tokens_to_ids("<video>"),
-            image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]], vision_feature_layer=-1,
+            image_token_index=token_id(tok, "<image>"),
+            video_token_index=token_id(tok, "<video>"),
+            image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
             vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9", tie_word_embeddings=True,
         )
         model = LlavaOnevisionForConditionalGeneration(config)
         image_processor = LlavaOnevisionImageProcessorPil(
-            size={"height": 32, "width": 32}, image_grid_pinpoints=config.image_grid_pinpoints, do_pad=True,
+            size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints, do_pad=True,
         )
         processor = ImageOnlyLlavaOnevisionProcessor(
             image_processor=image_processor, tokenizer=tok, num_image_tokens=(32 // 8) ** 2,

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from transformers import AutoConfig, PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from vkvtrain.errors import ModelLoadError, UnsupportedModelError
 from vkvtrain.mlm import MLM
@@ -104,13 +103,13 @@ def load_mlm(
             model = _random_init(model_class, config, kwargs)
     else:
         model = model_class.from_pretrained(source, **kwargs)
-    processor = adapter.processor_class.from_pretrained(source, revision=revision)
+    processor = adapter.processor_class.from_pretrained(source, revision=revision or "main")
     processor.tokenizer.padding_side = "left"
     model.eval()
     return MLM(model=model, processor=processor, adapter=adapter, name=name_or_path)
 
 
-def _random_init(model_class: Any, config: PretrainedConfig, kwargs: dict[str, Any]) -> nn.Module:
+def _random_init(model_class: Any, config: PretrainedConfig, kwargs: dict[str, Any]) -> PreTrainedModel:
     """``model_class`` with the checkpoint's config and fresh weights, on ``device_map`` when it names one device."""
     if "quantization_config" in kwargs:
         raise ModelLoadError("random_init builds full-precision weights; drop quantization for the random control.")
@@ -121,4 +120,6 @@ def _random_init(model_class: Any, config: PretrainedConfig, kwargs: dict[str, A
         )
     init_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation") if k in kwargs}
     with torch.device(device or "cpu"):
-        return model_class._from_config(config, **init_kwargs)
+        model = model_class._from_config(config, **init_kwargs)
+    assert isinstance(model, PreTrainedModel)
+    return model

@@ -21,13 +21,14 @@ from transformers import (
 from transformers.vision_utils import get_vision_window_index
 
 from vkvtrain.errors import PromptError
-from vkvtrain.models.base import FamilyAdapter, unwrap_model
+from vkvtrain.models.base import FamilyAdapter, HookHandle, hf_config, submodule, unwrap_model
 from vkvtrain.models.processors import ImageOnlyQwen2_5_VLProcessor
 from vkvtrain.models.tiny_parts import (
     LM_SHAPES,
     VISION_SHAPES,
     build_tokenizer,
     lm_config_kwargs,
+    token_id,
 )
 
 #: Qwen2.5-VL's ChatML with its default system turn; images are rendered where they stand in the content.
@@ -80,10 +81,10 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
                       temporal_patch_size=2, window_size=16, fullatt_block_indexes=[shape["num_hidden_layers"] - 1])
         config = Qwen2_5_VLConfig(
             text_config=text_config(size, tok), vision_config=vision,
-            image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-            video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-            vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-            vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"), tie_word_embeddings=True,
+            image_token_id=token_id(tok, "<|image_pad|>"),
+            video_token_id=token_id(tok, "<|video_pad|>"),
+            vision_start_token_id=token_id(tok, "<|vision_start|>"),
+            vision_end_token_id=token_id(tok, "<|vision_end|>"), tie_word_embeddings=True,
         )
         model = Qwen2_5_VLForConditionalGeneration(config)
         image_processor = Qwen2VLImageProcessorPil(
@@ -95,10 +96,10 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         return model, processor
 
     def projector(self, model: nn.Module) -> nn.Module:
-        return unwrap_model(model).model.visual.merger
+        return submodule(model, "model.visual.merger")
 
     def merge_size(self, model: nn.Module) -> int:
-        return int(unwrap_model(model).config.vision_config.spatial_merge_size)
+        return int(hf_config(model).vision_config.spatial_merge_size)
 
     def image_grids(self, model: nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
         grid_thw = inputs.get("image_grid_thw")
@@ -128,14 +129,16 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         pos = nxt[rows.to(deltas.device)] + torch.arange(length, device=deltas.device)[None]  # (R, length)
         return pos[None].expand(3, -1, -1)
 
-    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
-        visual = unwrap_model(model).model.visual
+    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> HookHandle:
+        visual = submodule(model, "model.visual")
         merge = self.merge_size(model)
 
-        def grab(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+            assert isinstance(grid_thw, torch.Tensor)
             window_index, _ = get_vision_window_index(
-                grid_thw, spatial_merge_size=merge, window_size=module.window_size, patch_size=module.patch_size
+                grid_thw, spatial_merge_size=merge, window_size=int(getattr(module, "window_size")),
+                patch_size=int(getattr(module, "patch_size")),
             )
             patches = output.last_hidden_state  # (n_patches, D_vision) in window order
             units = patches.reshape(-1, merge * merge * patches.shape[-1])  # one row per merged 2x2 block

@@ -7,19 +7,20 @@ Each family adapter turns these into its own config, model and processor (`Famil
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 #: LM shapes per size: hidden, layers, attention heads, kv heads, mlp width.
-LM_SHAPES: dict[str, dict[str, int]] = {
+LM_SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128),
     "mid": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
                 intermediate_size=1536),
 }
 #: Vision-tower shapes per size: hidden, mlp width, layers, heads.
-VISION_SHAPES: dict[str, dict[str, int]] = {
+VISION_SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
     "mid": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
 }
@@ -42,7 +43,7 @@ def build_tokenizer(specials: Sequence[str], pad: str, eos: str, bos: str | None
     )
 
 
-def lm_config_kwargs(size: str, tokenizer: PreTrainedTokenizerFast) -> dict[str, int | None]:
+def lm_config_kwargs(size: str, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
     """The LM config fields shared by every family at ``size``: shapes, vocabulary and special-token ids."""
     if size not in LM_SHAPES:
         raise ValueError(f"unknown tiny size {size!r}; choose one of {', '.join(SIZES)}.")
@@ -50,3 +51,11 @@ def lm_config_kwargs(size: str, tokenizer: PreTrainedTokenizerFast) -> dict[str,
         vocab_size=len(tokenizer), max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, **LM_SHAPES[size],
     )
+
+
+def token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    """The id of one special token (raises when the tokenizer does not know it as a single token)."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(found, int) or found == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no single token {token!r}")
+    return found
