@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import (
+    LoraConfig,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from torch import nn
 
 from vkvtrain.errors import RecipeError
@@ -64,8 +70,6 @@ class LateLoRA(Intervention):
         self._peft: Any = None  # the PeftModel wrapper; kept out of nn.Module registration on purpose
 
     def attach(self, mlm: MLM) -> None:
-        from peft import LoraConfig, get_peft_model
-
         super().attach(mlm)
         resolved = resolve_layers(self.layers, mlm.num_layers, type(self).__name__)
         config = LoraConfig(
@@ -86,16 +90,12 @@ class LateLoRA(Intervention):
         return [p for n, p in self._peft.named_parameters() if "lora_" in n and p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        from peft import get_peft_model_state_dict
-
         if self._peft is None:
             return {}
         state = get_peft_model_state_dict(self._peft, adapter_name=self.adapter_name)
         return {k: v.detach() for k, v in state.items()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        from peft import set_peft_model_state_dict
-
         result = set_peft_model_state_dict(self._peft, state, adapter_name=self.adapter_name)
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:

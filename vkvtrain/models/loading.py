@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from vkvtrain.errors import ModelLoadError, UnsupportedModelError
@@ -84,8 +85,6 @@ def load_mlm(
     source, _ = _resolve_source(name_or_path)
     config = load_config(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     adapter = adapter_for(config.model_type, source=name_or_path)
-    import transformers
-
     model_class = getattr(transformers, adapter.model_class_name)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     if dtype is not None:
