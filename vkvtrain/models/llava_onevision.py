@@ -31,6 +31,15 @@ class AnyresAdapter(FamilyAdapter):
     def image_grids(self, model: nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
         return [self.base_grid(model)] * n_images
 
+    def resolution(self, processor: Any) -> dict[str, Any]:
+        """The crop side and the anyres grid pinpoints every image is tiled over (fixed by the checkpoint)."""
+        image_processor = processor.image_processor
+        size = image_processor.size
+        side = size.height or size.shortest_edge
+        pinpoints = [list(p) for p in image_processor.image_grid_pinpoints]
+        return {"crop_size": int(side), "grid_pinpoints": len(pinpoints), "largest_pinpoint": max(pinpoints),
+                "images": "anyres: base crop + high-resolution crops for every image"}
+
     def crops_per_image(self, model: nn.Module, inputs: dict[str, Any]) -> list[int]:
         """Number of vision-tower crops of every image, in the order the projector sees them."""
         config = unwrap_model(model).config
@@ -81,6 +90,12 @@ class LlavaOnevisionAdapter(AnyresAdapter):
     processor_class = ImageOnlyLlavaOnevisionProcessor
     image_placeholder: ClassVar[str] = "<image>"
     turn_end: ClassVar[str] = "<|im_end|>"
+
+    def resolution(self, processor: Any) -> dict[str, Any]:
+        settings = super().resolution(processor)
+        settings["images"] = (f"single image: {processor.vision_aspect_ratio}; multi-image prompts: each image "
+                              "padded to a square with the image mean, base crop only")
+        return settings
 
     def crops_per_image(self, model: nn.Module, inputs: dict[str, Any]) -> list[int]:
         # Multi-image prompts use only the base crop of each image (transformers `get_image_features`).
