@@ -10,6 +10,7 @@ and the data revision.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -182,7 +183,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from lightning.fabric import Fabric
 
     fabric = Fabric(accelerator=_accelerator(cfg), devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy)
-    return fabric.launch(_evaluate_process, cfg)
+    return fabric.launch(functools.partial(_evaluate_process, cfg=cfg))  # picklable for ddp_spawn
 
 
 def _evaluate_process(fabric: Any, cfg: EvalConfig) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def log_wandb(results: dict[str, Any], logger: Any, key: str = "blink") -> None:
     }
     latent = results.get("latent")
     if latent and latent.get("subtasks"):
-        cols = ["subtask", "layer", "n", "output_accuracy", "probe_accuracy", "gap_all", "gap_wrong"]
+        cols: list[Any] = ["subtask", "layer", "n", "output_accuracy", "probe_accuracy", "gap_all", "gap_wrong"]
         payload[f"{key}/latent"] = wandb.Table(
             columns=cols, data=[[n] + [v[c] for c in cols[1:]] for n, v in latent["subtasks"].items()]
         )
