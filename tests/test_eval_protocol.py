@@ -131,3 +131,22 @@ def test_checkpoint_interventions_are_recorded_with_their_calibrated_positions(t
     first = synthetic_blink_questions(2, 0, subtasks)[:3]
     batches = [fresh.encode(prompts_for(first[i:i + 2], PromptProtocol())) for i in (0, 2)]
     assert applied[1]["blocked_positions"] == {"0": oracle.calibrate(fresh, batches)[0]}
+
+
+RESPONSES = ["B", "(B)", "b", " (c) the third", "B. because", "The correct answer is (B)", "I think A", "E", "(E)",
+             "", "   ", "answer: B", "A or B", "**B**", "1", "(A)(B)", "z", "D."]
+
+
+@pytest.mark.parametrize("n_choices", [2, 4])
+def test_lmms_eval_parser_scores_like_lmms_eval(n_choices: int) -> None:
+    """Right/wrong per response equals lmms-eval's blink_process_results (first letter == gold.strip("()"))."""
+    import re
+
+    from vkvtrain.evaluation.parse import lmms_eval_choice
+
+    for text in RESPONSES:
+        m = re.match(r"[\(\s]*([A-Z])[\)\.\s]*", text.strip(), flags=re.IGNORECASE)  # lmms-eval's rule
+        theirs = m.group(1).upper() if m else ""
+        for gold in "ABCD"[:n_choices]:
+            assert (lmms_eval_choice(text, n_choices) == gold) == (theirs == f"({gold})".strip("()")), (text, gold)
+    assert EvalConfig(parser="lmms_eval").protocol() != EvalConfig().protocol()  # compare keeps them apart

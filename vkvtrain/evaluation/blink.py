@@ -27,7 +27,7 @@ from vkvtrain.data.blink import BLINK_SUBTASKS, LETTERS, BlinkQuestion
 from vkvtrain.errors import RecipeError
 from vkvtrain.evaluation.config import EvalConfig, ProbeConfig
 from vkvtrain.evaluation.latent import probe_correct_batch, probe_kind
-from vkvtrain.evaluation.parse import parse_choice
+from vkvtrain.evaluation.parse import PARSERS, parse_choice
 from vkvtrain.evaluation.report import log_wandb, summarize
 from vkvtrain.evaluation.scoring import Answer, generate_answers, score_choices
 from vkvtrain.evaluation.sharding import Shard
@@ -47,12 +47,12 @@ def _length_key(q: BlinkQuestion) -> tuple[int, int, int]:
     return (len(q.images), sum(im.width * im.height for im in q.images), len(q.prompt))
 
 
-def _record(q: BlinkQuestion, a: Answer, mode: str) -> dict[str, Any]:
+def _record(q: BlinkQuestion, a: Answer, mode: str, parser: str = "strict") -> dict[str, Any]:
     if mode == "likelihood":
         assert a.scores is not None
         prediction: str | None = LETTERS[max(range(len(a.scores)), key=a.scores.__getitem__)]
     else:
-        prediction = parse_choice(a.response or "", q.n_choices)
+        prediction = PARSERS[parser](a.response or "", q.n_choices)
     return {
         "idx": q.idx,
         "sub_task": q.sub_task,
@@ -114,7 +114,7 @@ def evaluate_blink(
             else:
                 answers = generate_answers(mlm, chunk, opts.prompt, opts.max_new_tokens, on_prefill)
             for i, q, a, pc in zip(where, chunk, answers, probe_out):
-                rec = _record(q, a, opts.mode)
+                rec = _record(q, a, opts.mode, opts.parser)
                 if pc is not None:
                     rec["probe_correct"] = pc.tolist()
                     rec["probe_heldout"] = opts.probes.probe_layer == "heldout" and is_heldout(

@@ -149,6 +149,8 @@ class EvalConfig:
     mode: "generate" (lmms-eval's protocol: greedy decoding, then the strict parser) or "likelihood" (choice
         scoring from one cached prefill; a faster, different protocol).
     batch_size: questions per forward. max_new_tokens: generate mode's decoding budget (lmms-eval: 1024).
+    parser: how generate mode reads a response: "strict" (one claimed letter, vkvtrain.evaluation.parse) or
+        "lmms_eval" (lmms-eval's first-letter regex, to reproduce its numbers exactly).
     interventions: untrained interventions applied for this evaluation, in the recipes' format
         (``{class_path, init_args}``), after a checkpoint's own; those that choose positions from data calibrate
         on the images of the first ``calibration_questions`` questions (answers unused).
@@ -165,6 +167,7 @@ class EvalConfig:
     mode: Literal["likelihood", "generate"] = "generate"
     batch_size: int = 8
     max_new_tokens: int = LMMS_EVAL_MAX_NEW_TOKENS
+    parser: Literal["strict", "lmms_eval"] = "strict"
     interventions: list[dict[str, Any]] = field(default_factory=list)
     calibration_questions: int = 16
     output_dir: str = "outputs/blink"
@@ -181,6 +184,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("likelihood", "generate"):
             raise RecipeError(f"mode={self.mode!r}; choose generate (lmms-eval's protocol) or likelihood")
+        if self.parser not in ("strict", "lmms_eval"):
+            raise RecipeError(f"parser={self.parser!r}; choose strict or lmms_eval")
         _positive(self.batch_size, "batch_size")
         _positive(self.max_new_tokens, "max_new_tokens")
         _positive(self.calibration_questions, "calibration_questions")
@@ -209,11 +214,13 @@ class EvalConfig:
         if self.mode == "generate":
             lmms = (p.pre_prompt, p.post_prompt, p.option_separator, self.max_new_tokens) == (
                 LMMS_EVAL_PRE_PROMPT, "", ", ", LMMS_EVAL_MAX_NEW_TOKENS)
+            parser = "strict parser" if self.parser == "strict" else "lmms-eval's parser"
             record.update(
-                name="lmms-eval BLINK (greedy generation), strict parser" if lmms
-                else "greedy generation with a custom prompt or budget, strict parser",
+                name=f"lmms-eval BLINK (greedy generation), {parser}" if lmms
+                else f"greedy generation with a custom prompt or budget, {parser}",
                 max_new_tokens=self.max_new_tokens, decoding="greedy",
-                parser="vkvtrain.evaluation.parse.parse_choice (strict)")
+                parser={"strict": "vkvtrain.evaluation.parse.parse_choice (strict)",
+                        "lmms_eval": "vkvtrain.evaluation.parse.lmms_eval_choice (lmms-eval's first letter)"}[self.parser])
         else:
             record.update(name="choice likelihood (not lmms-eval's protocol)", continuation=p.continuation,
                           length_norm=p.length_norm)
