@@ -150,3 +150,23 @@ def test_lmms_eval_parser_scores_like_lmms_eval(n_choices: int) -> None:
         for gold in "ABCD"[:n_choices]:
             assert (lmms_eval_choice(text, n_choices) == gold) == (theirs == f"({gold})".strip("()")), (text, gold)
     assert EvalConfig(parser="lmms_eval").protocol() != EvalConfig().protocol()  # compare keeps them apart
+
+
+def test_hub_source_records_requested_and_cached_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """datasets caches a hub dataset under <name>/<config>/<version>/<commit sha>/ (builder._relative_data_dir
+    with the module hash = commit sha): that folder names the revision read."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    from vkvtrain.data.blink import hub_commit, read_blink
+
+    fake = synthetic_blink(1, seed=0, subtasks=["Jigsaw"])
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, split=None, revision=None: fake[name])
+    assert read_blink(["Jigsaw"], revision="v1.0").source == {
+        "source": "hub", "hub_id": "BLINK-Benchmark/BLINK", "split": "val", "revision_requested": "v1.0",
+        "revision": "v1.0"}
+    assert read_blink(["Jigsaw"]).source["revision"].startswith("unpinned")
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    cached = SimpleNamespace(cache_files=[{"filename": f"/c/BLINK-Benchmark___blink/Jigsaw/0.0.0/{sha}/blink-val.arrow"}])
+    assert hub_commit(cached) == sha and hub_commit(SimpleNamespace(cache_files=[{"filename": "/tmp/x.arrow"}])) is None

@@ -174,7 +174,7 @@ class EvalConfig:
     progress: bool = True
     devices: int = 1
     num_nodes: int = 1
-    strategy: str = "ddp"
+    strategy: Literal["ddp", "ddp_spawn", "ddp_fork"] = "ddp"
     data: DataConfig = field(default_factory=DataConfig)
     prompt: PromptProtocol = field(default_factory=PromptProtocol)
     resolution: ResolutionConfig = field(default_factory=ResolutionConfig)
