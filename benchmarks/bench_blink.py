@@ -1,10 +1,14 @@
-"""BLINK evaluation speed: questions/s of batched likelihood scoring and batched generation, against a
-one-question-at-a-time ``generate`` loop on the same model, for the tiny and the ~30M-parameter
-(tiny://...@mid) LLaVA-OneVision checkpoints, measured in one run on the synthetic BLINK set.
+"""BLINK evaluation speed: questions/s of the default protocol (``evaluate``'s defaults: lmms-eval's greedy
+generation, batch 8, latent probes on) against the one-question-at-a-time ``generate`` loop lmms-eval runs
+(batch 1), on the same model, for the tiny and the ~30M-parameter (tiny://...@mid) checkpoints of one family,
+measured in one run on the synthetic BLINK set. Also: the default protocol without probes, and likelihood
+scoring (an option).
 
-    python benchmarks/bench_blink.py [--family llava_onevision] [--max-new-tokens 8] [--batch-size 8] [--threads 1]
+    python benchmarks/bench_blink.py [--family llava_onevision] [--max-new-tokens 8] [--threads 1]
 
-Each case is timed in ``repeats`` interleaved rounds and its fastest run is kept (the CPU may be shared).
+Every case decodes the same ``--max-new-tokens`` (the random checkpoints never end their turn, so the default
+budget of 1024 would time 1024 tokens per question). Each case is timed in ``repeats`` interleaved rounds and its
+fastest run is kept (the CPU may be shared).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -21,44 +26,42 @@ import torch  # noqa: E402
 
 from vkvtrain import load_mlm  # noqa: E402
 from vkvtrain.data.synthetic_blink import synthetic_blink_questions  # noqa: E402
-from vkvtrain.evaluation.blink import EvalOptions, ProbeOptions, evaluate_blink  # noqa: E402
-from vkvtrain.evaluation.protocol import PromptProtocol  # noqa: E402
+from vkvtrain.evaluation.blink import evaluate_blink  # noqa: E402
+from vkvtrain.evaluation.config import EvalConfig, ProbeConfig  # noqa: E402
 from vkvtrain.evaluation.scoring import generate_answers  # noqa: E402
 
 
-def _timed(fn) -> float:
+def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def bench(model: str, n: int, max_new_tokens: int, batch_size: int, repeats: int) -> None:
+def bench(model: str, n: int, max_new_tokens: int, repeats: int) -> None:
     mlm = load_mlm(model)
+    default = EvalConfig(max_new_tokens=max_new_tokens)
+    resolution = default.resolution.apply(mlm)
     params = sum(p.numel() for p in mlm.model.parameters())
     qs = synthetic_blink_questions(n, seed=0, image_size=64)
-    proto = PromptProtocol()
 
-    def loop() -> None:  # the baseline: one question at a time, free-running generation
+    def loop() -> None:  # lmms-eval's loop: one question at a time, greedy generation
         for q in qs:
-            generate_answers(mlm, [q], proto, max_new_tokens)
+            generate_answers(mlm, [q], default.prompt, max_new_tokens)
 
-    def run(mode: str, continuation: str = "letter", probes: bool = False):
-        opts = EvalOptions(
-            mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
-            prompt=PromptProtocol(continuation=continuation), probes=ProbeOptions(enabled=probes, probe_layer=-1),
-        )
-        return lambda: evaluate_blink(mlm, qs, opts, progress=False)
+    def evaluate(cfg: EvalConfig) -> Callable[[], object]:
+        return lambda: evaluate_blink(mlm, qs, cfg, progress=False)
 
     cases = [
-        ("generate loop, batch 1 (baseline)", loop),
-        (f"generate, batch {batch_size}", run("generate")),
-        (f"likelihood letter, batch {batch_size}", run("likelihood")),
-        (f"likelihood '(B) text', batch {batch_size}", run("likelihood", "letter_and_text")),
-        (f"likelihood letter + latent probes, batch {batch_size}", run("likelihood", probes=True)),
+        ("generate loop, batch 1 (lmms-eval, baseline)", loop),
+        (f"default protocol (batch {default.batch_size}, probes)", evaluate(default)),
+        ("default protocol, no probes", evaluate(EvalConfig(max_new_tokens=max_new_tokens,
+                                                              probes=ProbeConfig(enabled=False)))),
+        (f"likelihood letter (option), batch {default.batch_size}", evaluate(EvalConfig(mode="likelihood"))),
     ]
-    run("likelihood")()  # warm-up (allocator, lazy inits)
+    evaluate(EvalConfig(mode="likelihood"))()  # warm-up (allocator, lazy inits)
     print(f"\n{model}: {params / 1e6:.2f}M parameters, {len(qs)} synthetic questions (14 subtasks), "
-          f"max_new_tokens={max_new_tokens}, {torch.get_num_threads()} threads, best of {repeats}")
+          f"max_new_tokens={max_new_tokens}, resolution {resolution}, {torch.get_num_threads()} threads, "
+          f"best of {repeats}")
     best = [float("inf")] * len(cases)
     for _ in range(repeats):  # rounds over all cases, so a busy spell on a shared CPU hits every case alike
         for k, (_name, fn) in enumerate(cases):
@@ -67,20 +70,20 @@ def bench(model: str, n: int, max_new_tokens: int, batch_size: int, repeats: int
     for (name, _fn), seconds in zip(cases, best):
         qps = len(qs) / seconds
         print(f"  {name:<48} {qps:8.2f} questions/s   x{qps / base:5.2f} vs baseline")
+    print(f"  default protocol / one-at-a-time generate loop: {best[0] / best[1]:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="llava_onevision")
     parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=8)
     # One thread by default: on a shared 2-core machine, 2-thread OpenMP barriers make small ops 10-20x slower.
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # (size, questions per subtask, repeats): the ~30M model is ~40x slower per question on CPU
     for size, n, repeats in (("", 4, 3), ("@mid", 2, 3)):
-        bench(f"tiny://{args.family}{size}", n, args.max_new_tokens, args.batch_size, repeats)
+        bench(f"tiny://{args.family}{size}", n, args.max_new_tokens, repeats)
 
 
 if __name__ == "__main__":

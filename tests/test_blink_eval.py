@@ -26,7 +26,7 @@ def test_tiny_evaluation_over_all_14_subtasks_from_local_folder(tmp_path: Path, 
     root = write_synthetic_blink(tmp_path / "blink", n_per_subtask=1, seed=0, image_size=32)
     out = tmp_path / "out"
     rc = main(["evaluate", CONFIG, "--model", "tiny://llava_onevision", "--data.root", str(root),
-               "--output_dir", str(out), "--probes.probe_layer", "-1", "--batch_size", "5"])
+               "--output_dir", str(out), "--probes.probe_layer", "-1", "--batch_size", "5", "--mode", "likelihood"])
     assert rc == 0, capsys.readouterr().err
     res, recs, md = _read(out)
     assert list(res["subtasks"]) == list(BLINK_SUBTASKS)
@@ -97,7 +97,8 @@ def test_trained_checkpoint_is_evaluated_with_its_interventions(tmp_path: Path, 
     from vkvtrain.interventions import prompt_prefix
     from vkvtrain.data.synthetic_blink import synthetic_blink_questions
     from vkvtrain.datamodule import VKVDataModule
-    from vkvtrain.evaluation.blink import EvalOptions, ProbeOptions, evaluate_blink
+    from vkvtrain.evaluation.blink import evaluate_blink
+    from vkvtrain.evaluation.config import EvalConfig, ProbeConfig
     from vkvtrain.evaluation.protocol import PromptProtocol
     from vkvtrain.interventions import LearnedPrefix
     from vkvtrain.module import VKVModule
@@ -114,7 +115,7 @@ def test_trained_checkpoint_is_evaluated_with_its_interventions(tmp_path: Path, 
 
     subtasks = '["Counting", "Visual_Similarity"]'
     args = [CONFIG, "--model", "tiny://llava_onevision", "--data.source", "synthetic", "--data.synthetic_n", "2",
-            "--data.subtasks", subtasks, "--progress", "false", "--probes.probe_layer", "0"]
+            "--data.subtasks", subtasks, "--progress", "false", "--probes.probe_layer", "0", "--mode", "likelihood"]
     assert main([*args, "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "trained")]) == 0
     assert main([*args, "--output_dir", str(tmp_path / "base")]) == 0
     # without --model the checkpoint's own model is loaded; without either there is nothing to evaluate
@@ -130,7 +131,7 @@ def test_trained_checkpoint_is_evaluated_with_its_interventions(tmp_path: Path, 
     # Oracle: the fitted in-memory model, prompted with its learned prefix, gives the same scores.
     module.mlm.model.eval()
     qs = synthetic_blink_questions(2, 0, ["Counting", "Visual_Similarity"])
-    opts = EvalOptions(prompt=PromptProtocol(prefix=prompt_prefix(module.interventions)), probes=ProbeOptions(probe_layer=0))
+    opts = EvalConfig(mode="likelihood", prompt=PromptProtocol(prefix=prompt_prefix(module.interventions)), probes=ProbeConfig(probe_layer=0))
     expected, _ = evaluate_blink(module.mlm, qs, opts, progress=False)
     def flat(recs: list[dict]) -> torch.Tensor:
         return torch.tensor([s for r in recs for s in r["scores"]])
@@ -144,12 +145,14 @@ def test_evaluate_applies_configured_blocking_like_the_in_memory_oracle(tmp_path
     hand; positions left to calibration are chosen on the first questions' images and written to results.json."""
     from vkvtrain import load_mlm
     from vkvtrain.data.synthetic_blink import synthetic_blink_questions
-    from vkvtrain.evaluation.blink import EvalOptions, ProbeOptions, evaluate_blink
+    from vkvtrain.evaluation.blink import evaluate_blink
+    from vkvtrain.evaluation.config import EvalConfig, ProbeConfig
     from vkvtrain.interventions import AttentionBlocking
 
     subtasks = ["Counting", "Art_Style"]
     args = [CONFIG, "--model", "tiny://llava_onevision", "--data.source", "synthetic", "--data.synthetic_n", "2",
-            "--data.subtasks", json.dumps(subtasks), "--progress", "false", "--probes.enabled", "false"]
+            "--data.subtasks", json.dumps(subtasks), "--progress", "false", "--probes.enabled", "false",
+            "--mode", "likelihood"]
     spec = '[{"class_path": "vkvtrain.interventions.AttentionBlocking", "init_args": {"layers": [-2, -1], "positions": [0, 3, 5]}}]'
     assert main([*args, "--interventions", spec, "--output_dir", str(tmp_path / "blocked")]) == 0
     assert main([*args, "--output_dir", str(tmp_path / "base")]) == 0
@@ -160,7 +163,7 @@ def test_evaluate_applies_configured_blocking_like_the_in_memory_oracle(tmp_path
     mlm = load_mlm("tiny://llava_onevision")
     AttentionBlocking(layers=[-2, -1], positions=[0, 3, 5]).attach(mlm)
     expected, _ = evaluate_blink(mlm, synthetic_blink_questions(2, 0, subtasks),
-                                 EvalOptions(probes=ProbeOptions(enabled=False)), progress=False)
+                                 EvalConfig(mode="likelihood", probes=ProbeConfig(enabled=False)), progress=False)
     flat = lambda recs: torch.tensor([s for r in recs for s in r["scores"]])  # noqa: E731
     torch.testing.assert_close(flat(blocked), flat(expected))
     assert (flat(blocked) - flat(base)).abs().max() > 1e-4

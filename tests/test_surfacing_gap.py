@@ -11,7 +11,8 @@ import torch
 
 from vkvtrain.data.synthetic_blink import synthetic_blink_questions
 from vkvtrain.evaluation import blink as blink_eval
-from vkvtrain.evaluation.blink import EvalOptions, ProbeOptions, evaluate_blink, is_heldout
+from vkvtrain.evaluation.blink import evaluate_blink, is_heldout
+from vkvtrain.evaluation.config import EvalConfig, ProbeConfig
 from vkvtrain.evaluation.scoring import Answer
 from vkvtrain.probes.surfacing_gap import SurfacingGap
 
@@ -110,7 +111,7 @@ def test_evaluate_reports_planted_gap_at_fixed_layer(monkeypatch: pytest.MonkeyP
         probe_fn=lambda q: torch.tensor([False, True, True]),
         output_right_fn=lambda q: q.idx not in wrong_art,
     )
-    records, res = evaluate_blink(_FakeMLM(), qs, EvalOptions(probes=ProbeOptions(probe_layer=1)), progress=False)
+    records, res = evaluate_blink(_FakeMLM(), qs, EvalConfig(mode="likelihood", probes=ProbeConfig(probe_layer=1)), progress=False)
     art = res["latent"]["subtasks"]["Art_Style"]
     assert art["layer"] == 1 and art["n"] == 6
     assert art["gap_all"] == pytest.approx(4 / 6) and art["gap_wrong"] == 1.0
@@ -132,7 +133,7 @@ def test_heldout_layer_is_chosen_on_heldout_questions_only(monkeypatch: pytest.M
         probe_fn=lambda q: torch.tensor([True, False, False]) if is_heldout(q.idx, frac) else torch.tensor([False, False, True]),
         output_right_fn=lambda q: False,
     )
-    _, res = evaluate_blink(_FakeMLM(), qs, EvalOptions(probes=ProbeOptions(probe_layer="heldout", heldout_fraction=frac)), progress=False)
+    _, res = evaluate_blink(_FakeMLM(), qs, EvalConfig(mode="likelihood", probes=ProbeConfig(probe_layer="heldout", heldout_fraction=frac)), progress=False)
     vs = res["latent"]["subtasks"]["Visual_Similarity"]
     assert vs["layer"] == 0
     assert vs["n"] == len(qs) - len(held) and vs["n_heldout"] == len(held)
@@ -145,6 +146,6 @@ def test_fixed_probe_layer_must_exist_and_be_probed(monkeypatch: pytest.MonkeyPa
     qs = synthetic_blink_questions(1, seed=0, subtasks=["Art_Style"])
     _planted(monkeypatch, probe_fn=lambda q: torch.tensor([True]), output_right_fn=lambda q: True)
     with pytest.raises(RecipeError, match="layer 7 does not exist"):
-        evaluate_blink(_FakeMLM(), qs, EvalOptions(probes=ProbeOptions(probe_layer=7)), progress=False)
+        evaluate_blink(_FakeMLM(), qs, EvalConfig(mode="likelihood", probes=ProbeConfig(probe_layer=7)), progress=False)
     with pytest.raises(RecipeError, match="not among probes.layers"):
-        evaluate_blink(_FakeMLM(), qs, EvalOptions(probes=ProbeOptions(layers=[0], probe_layer=2)), progress=False)
+        evaluate_blink(_FakeMLM(), qs, EvalConfig(mode="likelihood", probes=ProbeConfig(layers=[0], probe_layer=2)), progress=False)

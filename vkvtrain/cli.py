@@ -24,6 +24,7 @@ DELEGATED = {
     "test": "vkvtrain.training_cli",
     "evaluate": "vkvtrain.evaluation.cli",
     "probe": "vkvtrain.probes.cli",
+    "compare": "vkvtrain.evaluation.compare",
 }
 
 

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = Path(callback.last_model_path)
         print(f"checkpoint (prefix vectors + recipe only): {ckpt} ({ckpt.stat().st_size / 1024:.1f} KiB)")
         print(f"  evaluate it on BLINK: python -m vkvtrain evaluate eval/blink.yaml --ckpt_path {ckpt} "
-              "--data.source synthetic")
+              "--data.source synthetic --max_new_tokens 16")
     print(f"val/loss {before['val/loss']:.4f} -> {after['val/loss']:.4f}; done in {time.perf_counter() - start:.0f} s")
     return 0
 

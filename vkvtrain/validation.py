@@ -67,6 +67,7 @@ class VKVModuleLike(Protocol):
 class ValidationRow:
     """One BLINK-style validation row as the latent probes read it (`vkvtrain.evaluation.latent.LatentQuestion`)."""
 
+    idx: str
     sub_task: str
     choices: list[str]
     answer: str | None
@@ -90,7 +91,7 @@ def validation_rows(batch: TrainBatch) -> list[ValidationRow]:
     """The batch's rows for the latent probes (answers parsed from the "(A)" format; points as tuples)."""
     return [
         ValidationRow(
-            sub_task=batch.tasks[b], choices=batch.choices[b], answer=parse_answer(batch.answers[b]),
+            idx=f"validation row {b}", sub_task=batch.tasks[b], choices=batch.choices[b], answer=parse_answer(batch.answers[b]),
             n_images=len(batch.spans[b]),
             points={k: {n: (float(xy[0]), float(xy[1])) for n, xy in v.items()} for k, v in batch.points[b].items()}
             or None,

@@ -10,10 +10,16 @@ synthetic generator writes.
 Local folder layouts accepted under ``root``, one sub-folder per subtask:
 ``root/<Subtask>/<split>-*.parquet`` or ``root/<Subtask>/<split>.parquet`` (a hub snapshot), or
 ``root/<Subtask>/`` written by ``DatasetDict.save_to_disk`` (``dataset_dict.json`` inside).
+
+Every question is keyed on the subtask it was loaded from (the hub config or folder name), never on the
+row's free-text ``sub_task`` field. On ``val`` every gold answer must be one of the question's letters and
+every subtask must hold questions: a malformed answer ("(Z)", "") or an empty subtask is an error naming it,
+unless the caller opts into skipping, in which case each skip is listed (:class:`BlinkLoad.skipped`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -65,7 +71,7 @@ class BlinkQuestion:
     """
 
     idx: str
-    sub_task: str
+    sub_task: str  # the subtask it was loaded from (config / folder name)
     question: str
     prompt: str
     choices: list[str]
@@ -201,8 +207,38 @@ def load_blink_datasets(
     return out
 
 
-def row_to_question(row: dict[str, Any]) -> BlinkQuestion:
-    """Turn one dataset row (images decoded to PIL) into a :class:`BlinkQuestion`."""
+class MalformedQuestionError(DatasetError):
+    """A BLINK row whose gold answer cannot be scored."""
+
+
+def gold_answer(row: dict[str, Any], subtask: str, split: str) -> str | None:
+    """The gold letter of ``row``; None only where the split hides its answers (``test``).
+
+    On ``val`` an answer that is not one of the question's letters ("(Z)", "", "(E)" with 4 choices)
+    raises :class:`MalformedQuestionError` naming the question.
+    """
+    raw = row.get("answer")
+    answer = parse_answer(raw)
+    n = len(row["choices"])
+    if answer is not None and LETTERS.index(answer) < n:
+        return answer
+    if answer is None and split == "test":
+        return None  # the hidden test key
+    raise MalformedQuestionError(
+        f"BLINK question {row.get('idx')!r} ({subtask}, {split}): gold answer {raw!r} is not one of its {n} "
+        f"choices {', '.join(f'({c})' for c in LETTERS[:n])}; fix that row, or set data.skip_malformed: true "
+        "to skip it (results.json then lists it under skipped)"
+    )
+
+
+def row_to_question(row: dict[str, Any], subtask: str | None = None, split: str = "val") -> BlinkQuestion:
+    """Turn one dataset row (images decoded to PIL) into a :class:`BlinkQuestion`.
+
+    subtask: the subtask the row was loaded from (the key results use); None = the row's ``sub_task`` text.
+    split: ``val`` requires a gold letter among the choices, ``test`` allows a hidden answer.
+    """
+    name = str(row["sub_task"]) if subtask is None else subtask
+    answer = gold_answer(row, name, split)
     images = [decode_image(row[k], f"BLINK question {row.get('idx')!r}, field {k}",
                            "drop or re-download that question (data.limit / data.subtasks to skip it)")
               for k in IMAGE_FIELDS if row.get(k) is not None]
@@ -213,14 +249,9 @@ def row_to_question(row: dict[str, Any]) -> BlinkQuestion:
     if row.get("points"):
         raw = json.loads(row["points"])
         points = {img: {lab: (float(xy[0]), float(xy[1])) for lab, xy in marks.items()} for img, marks in raw.items()}
-    answer = parse_answer(row["answer"])
-    if answer is not None and LETTERS.index(answer) >= len(choices):
-        raise DatasetError(
-            f"BLINK question {row['idx']!r}: answer {row['answer']!r} is not among its {len(choices)} choices"
-        )
     return BlinkQuestion(
         idx=str(row["idx"]),
-        sub_task=str(row["sub_task"]),
+        sub_task=name,
         question=str(row["question"]),
         prompt=str(row["prompt"]),
         choices=choices,
@@ -228,7 +259,108 @@ def row_to_question(row: dict[str, Any]) -> BlinkQuestion:
         answer=answer,
         points=points,
         explanation=str(row.get("explanation") or ""),
+        meta={"sub_task_field": str(row["sub_task"])},
     )
+
+
+@dataclass
+class BlinkLoad:
+    """What :func:`read_blink` loaded.
+
+    questions: in subtask order, file order within a subtask. subtasks: the subtasks that hold questions.
+    source: what was read, for results.json: the hub id with the requested and (when the datasets cache
+        names it) resolved revision, or the local files with a sha256 of their bytes.
+    skipped: with ``skip_malformed``, one ``{"subtask", "idx", "reason"}`` per skipped question or empty
+        subtask (``idx`` None), so results can list them; empty otherwise.
+    """
+
+    questions: list[BlinkQuestion]
+    subtasks: list[str]
+    source: dict[str, Any]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub_commit(dataset: Any) -> str | None:
+    """The hub commit a cached hub dataset was built from: the datasets cache folder
+    ``<name>/<config>/<version>/<commit sha>/`` holding its arrow files; None when that is not visible."""
+    for entry in getattr(dataset, "cache_files", None) or []:
+        parent = Path(str(entry.get("filename", ""))).parent.name
+        if _SHA.match(parent):
+            return parent
+    return None
+
+
+def _files_digest(files: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def local_files(root: Path, subtask: str, split: str) -> list[Path]:
+    """The files a local subtask folder is read from (parquet files, or a save_to_disk folder's files)."""
+    folder = root / subtask
+    if (folder / "dataset_dict.json").exists():
+        return sorted(p for p in (folder / split).rglob("*") if p.is_file())
+    return sorted(folder.glob(f"{split}-*.parquet")) + sorted(folder.glob(f"{split}.parquet"))
+
+
+def read_blink(
+    subtasks: Sequence[str] | None = None,
+    split: str = "val",
+    root: str | Path | None = None,
+    hub_id: str = BLINK_HUB_ID,
+    revision: str | None = None,
+    limit: int | None = None,
+    skip_malformed: bool = False,
+) -> BlinkLoad:
+    """Load BLINK questions with a record of where they came from.
+
+    limit: keep at most this many questions per subtask (quick runs). skip_malformed: skip (and list)
+    questions whose gold answer is malformed and subtasks without questions, instead of raising.
+    """
+    if limit is not None and limit < 1:
+        raise DatasetError(f"data.limit must be >= 1 or null (all questions), got {limit}")
+    datasets_ = load_blink_datasets(subtasks, split, root, hub_id, revision)
+    questions: list[BlinkQuestion] = []
+    loaded: list[str] = []
+    skipped: list[dict[str, Any]] = []
+    for name, ds in datasets_.items():
+        n = len(ds) if limit is None else min(limit, len(ds))
+        kept = 0
+        for i in range(n):
+            try:
+                questions.append(row_to_question(ds[i], name, split))
+                kept += 1
+            except MalformedQuestionError as error:
+                if not skip_malformed:
+                    raise
+                skipped.append({"subtask": name, "idx": str(ds[i]["idx"]), "reason": str(error)})
+        if kept:
+            loaded.append(name)
+            continue
+        reason = (f"BLINK subtask {name} ({split}) holds no {'well-formed ' if n else ''}questions, so the "
+                  "macro average would silently leave it out; fix or re-download it, drop it from data.subtasks, "
+                  "or set data.skip_malformed: true to skip it (results.json then lists it under skipped)")
+        if not skip_malformed:
+            raise DatasetError(reason)
+        skipped.append({"subtask": name, "idx": None, "reason": reason})
+    if root is not None:
+        files = [f for name in datasets_ for f in local_files(Path(root), name, split)]
+        source: dict[str, Any] = {"source": "local", "root": str(root), "split": split,
+                                  "files": [str(f.relative_to(root)) for f in files],
+                                  "revision": f"sha256:{_files_digest(files)}"}
+    else:
+        commits = {hub_commit(ds) for ds in datasets_.values()}
+        resolved = commits.pop() if len(commits) == 1 else None
+        source = {"source": "hub", "hub_id": hub_id, "split": split, "revision_requested": revision,
+                  "revision": resolved or revision or "unpinned (the hub's latest at load time)"}
+    return BlinkLoad(questions, loaded, source, skipped)
 
 
 def load_blink(
@@ -241,11 +373,6 @@ def load_blink(
 ) -> list[BlinkQuestion]:
     """BLINK questions in subtask order (BLINK_SUBTASKS order), file order within a subtask.
 
-    limit: keep at most this many questions per subtask (quick runs).
+    limit: keep at most this many questions per subtask (quick runs). Strict: see :func:`read_blink`.
     """
-    datasets_ = load_blink_datasets(subtasks, split, root, hub_id, revision)
-    questions: list[BlinkQuestion] = []
-    for _name, ds in datasets_.items():
-        n = len(ds) if limit is None else min(limit, len(ds))
-        questions.extend(row_to_question(ds[i]) for i in range(n))
-    return questions
+    return read_blink(subtasks, split, root, hub_id, revision, limit).questions

@@ -4,10 +4,11 @@
 >>> parse_choice("The correct answer is (B)", 2)
 'B'
 
-``evaluate_blink(mlm, questions, options)`` answers every question in batches (likelihood or generation
+``evaluate_blink(mlm, questions, config)`` answers every question in batches (generation or likelihood
 mode, see :mod:`vkvtrain.evaluation.scoring`), reads the image value tokens of the same prefill for the
 latent probes (:mod:`vkvtrain.evaluation.latent`), and returns the per-question records plus the results
-dict that :mod:`vkvtrain.evaluation.report` writes.
+dict that :mod:`vkvtrain.evaluation.report` writes. With a :class:`~vkvtrain.evaluation.sharding.Shard` of
+several processes each answers its batches and every process gets all records back, in input order.
 
 Probe layer (never a max over the evaluated questions): ``probe_layer`` = an int fixes one layer (an index
 into the model's LM layers, negative counts from the end); ``"heldout"`` puts a deterministic share
@@ -18,55 +19,22 @@ probe accuracy there, and reports the surfacing gap on the remaining questions o
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from vkvtrain.data.blink import BLINK_SUBTASKS, LETTERS, BlinkQuestion
 from vkvtrain.errors import RecipeError
+from vkvtrain.evaluation.config import EvalConfig, ProbeConfig
 from vkvtrain.evaluation.latent import probe_correct_batch, probe_kind
-from vkvtrain.evaluation.parse import parse_choice
-from vkvtrain.evaluation.protocol import PromptProtocol
+from vkvtrain.evaluation.parse import PARSERS, parse_choice
 from vkvtrain.evaluation.report import log_wandb, summarize
 from vkvtrain.evaluation.scoring import Answer, generate_answers, score_choices
+from vkvtrain.evaluation.sharding import Shard
 from vkvtrain.layers import resolve_layers
 from vkvtrain.probes.surfacing_gap import SurfacingGap
 
-__all__ = ["EvalOptions", "ProbeOptions", "evaluate_blink", "parse_choice", "is_heldout"]
-
-
-@dataclass
-class ProbeOptions:
-    """Latent probes. layers: LM layers probed (None = all). probe_layer: int or "heldout"."""
-
-    enabled: bool = True
-    layers: list[int] | None = None
-    probe_layer: int | str = "heldout"
-    heldout_fraction: float = 0.3
-
-    def __post_init__(self) -> None:
-        if isinstance(self.probe_layer, str) and self.probe_layer != "heldout":
-            raise RecipeError(f"probes.probe_layer={self.probe_layer!r}; give a layer index or 'heldout'")
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise RecipeError(f"probes.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-
-
-@dataclass
-class EvalOptions:
-    """mode: "likelihood" (choice scoring from one cached prefill) or "generate" (greedy + strict parser)."""
-
-    mode: Literal["likelihood", "generate"] = "likelihood"
-    batch_size: int = 8
-    max_new_tokens: int = 16
-    prompt: PromptProtocol = field(default_factory=PromptProtocol)
-    probes: ProbeOptions = field(default_factory=ProbeOptions)
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("likelihood", "generate"):
-            raise RecipeError(f"mode={self.mode!r}; choose likelihood or generate")
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise RecipeError("batch_size and max_new_tokens must be >= 1")
+__all__ = ["evaluate_blink", "parse_choice", "is_heldout", "latent_summary"]
 
 
 def is_heldout(idx: str, fraction: float) -> bool:
@@ -79,12 +47,12 @@ def _length_key(q: BlinkQuestion) -> tuple[int, int, int]:
     return (len(q.images), sum(im.width * im.height for im in q.images), len(q.prompt))
 
 
-def _record(q: BlinkQuestion, a: Answer, mode: str) -> dict[str, Any]:
+def _record(q: BlinkQuestion, a: Answer, mode: str, parser: str = "strict") -> dict[str, Any]:
     if mode == "likelihood":
         assert a.scores is not None
         prediction: str | None = LETTERS[max(range(len(a.scores)), key=a.scores.__getitem__)]
     else:
-        prediction = parse_choice(a.response or "", q.n_choices)
+        prediction = PARSERS[parser](a.response or "", q.n_choices)
     return {
         "idx": q.idx,
         "sub_task": q.sub_task,
@@ -100,77 +68,92 @@ def _record(q: BlinkQuestion, a: Answer, mode: str) -> dict[str, Any]:
 def evaluate_blink(
     mlm: Any,
     questions: Sequence[BlinkQuestion],
-    options: EvalOptions | None = None,
+    config: EvalConfig | None = None,
     progress: bool = True,
     logger: Any = None,
+    shard: Shard | None = None,
+    subtasks: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Answer ``questions`` in batches; returns (records, results).
 
-    records: one dict per question (idx, sub_task, answer, response, scores, prediction, correct, and
-    ``probe_correct`` (per probed layer) where a probe applies). results: see report.summarize, plus
-    ``latent`` when probes ran. logger: a wandb Run or Lightning WandbLogger; the tables are logged to it.
+    config: the answer keys used here are mode, batch_size, max_new_tokens, prompt and probes.
+    records: one dict per question, in input order (idx, sub_task, answer, response, scores, prediction,
+    correct, and ``probe_correct`` (per probed layer) where a probe applies). results: see report.summarize
+    (over ``subtasks``, default the questions' own), plus ``latent`` when probes ran. logger: a wandb Run or
+    Lightning WandbLogger; the tables are logged to it. shard: this process's part of a sharded run.
     """
     from tqdm.auto import tqdm
 
-    opts = options or EvalOptions()
+    opts = config or EvalConfig()
+    shard = shard or Shard()
     run_probes = opts.probes.enabled and any(probe_kind(q) is not None for q in questions)
     layers = resolve_layers(opts.probes.layers, mlm.num_layers, "probes.layers") if run_probes else []
     if run_probes and opts.probes.probe_layer != "heldout":
         fixed = resolve_layers([int(opts.probes.probe_layer)], mlm.num_layers, "probes.probe_layer")[0]
         if fixed not in layers:
             raise RecipeError(f"probes.probe_layer={opts.probes.probe_layer} is not among probes.layers {layers}")
-    S = len(BLINK_SUBTASKS)
-    gap_eval = SurfacingGap(S, len(layers)) if run_probes else None
-    gap_select = SurfacingGap(S, len(layers)) if run_probes else None
 
     # Batches of similar length waste less compute on padding; records keep the input order.
     order = sorted(range(len(questions)), key=lambda i: _length_key(questions[i]))
-    slots: list[dict[str, Any] | None] = [None] * len(questions)
-    bar = tqdm(total=len(questions), desc=f"BLINK ({opts.mode})", disable=not progress, unit="q")
-    for start in range(0, len(order), opts.batch_size):
-        where = order[start : start + opts.batch_size]
-        chunk = [questions[i] for i in where]
-        probe_out: list[Any] = [None] * len(chunk)
+    batches = [order[s : s + opts.batch_size] for s in range(0, len(order), opts.batch_size)]
+    answered: list[tuple[int, dict[str, Any]]] = []
+    bar = tqdm(total=len(questions), desc=f"BLINK ({opts.mode}, {shard.world_size} process"
+               f"{'es' if shard.world_size > 1 else ''})", disable=not (progress and shard.is_main), unit="q")
+    for step in range(shard.steps(len(batches))):
+        if (b := shard.batch_at(step)) < len(batches):
+            where = batches[b]
+            chunk = [questions[i] for i in where]
+            probe_out: list[Any] = [None] * len(chunk)
 
-        def on_prefill(batch: Any, cache: Any) -> None:
-            if run_probes:
-                probe_out[:] = probe_correct_batch(chunk, batch.spans, cache, layers)
+            def on_prefill(batch: Any, cache: Any) -> None:
+                if run_probes:
+                    probe_out[:] = probe_correct_batch(chunk, batch.spans, cache, layers)
 
-        if opts.mode == "likelihood":
-            answers = score_choices(mlm, chunk, opts.prompt, on_prefill)
-        else:
-            answers = generate_answers(mlm, chunk, opts.prompt, opts.max_new_tokens, on_prefill)
-        for i, q, a, pc in zip(where, chunk, answers, probe_out):
-            rec = _record(q, a, opts.mode)
-            if pc is not None:
-                heldout = opts.probes.probe_layer == "heldout" and is_heldout(q.idx, opts.probes.heldout_fraction)
-                rec["probe_correct"] = pc.tolist()
-                rec["probe_heldout"] = heldout
-                metric = gap_select if heldout else gap_eval
-                assert metric is not None
-                metric.update(
-                    torch.tensor([BLINK_SUBTASKS.index(q.sub_task)]), torch.tensor([rec["correct"]]), pc[None]
-                )
-            slots[i] = rec
-        bar.update(len(chunk))
+            if opts.mode == "likelihood":
+                answers = score_choices(mlm, chunk, opts.prompt, on_prefill)
+            else:
+                answers = generate_answers(mlm, chunk, opts.prompt, opts.max_new_tokens, on_prefill)
+            for i, q, a, pc in zip(where, chunk, answers, probe_out):
+                rec = _record(q, a, opts.mode, opts.parser)
+                if pc is not None:
+                    rec["probe_correct"] = pc.tolist()
+                    rec["probe_heldout"] = opts.probes.probe_layer == "heldout" and is_heldout(
+                        q.idx, opts.probes.heldout_fraction)
+                answered.append((i, rec))
+        bar.update(shard.total(len(answered)) - bar.n)  # questions done over all processes
     bar.close()
+    slots: list[dict[str, Any] | None] = [None] * len(questions)
+    for i, rec in shard.gather(answered):
+        slots[i] = rec
     records = [r for r in slots if r is not None]
 
-    results = summarize(records)
+    results = summarize(records, subtasks)
     results["mode"] = opts.mode
     results["model"] = getattr(mlm, "name", None)
     if run_probes:
-        assert gap_eval is not None and gap_select is not None
-        results["latent"] = latent_summary(gap_eval, gap_select, layers, opts.probes, mlm.num_layers)
+        results["latent"] = latent_summary(records, layers, opts.probes, mlm.num_layers)
     if logger is not None:
         log_wandb(results, logger)
     return records, results
 
 
+def _gap_metrics(records: Sequence[dict[str, Any]], n_layers: int) -> tuple[SurfacingGap, SurfacingGap]:
+    """(evaluated part, held-out part) SurfacingGap states over the records that carry a probe result."""
+    gap_eval, gap_select = SurfacingGap(len(BLINK_SUBTASKS), n_layers), SurfacingGap(len(BLINK_SUBTASKS), n_layers)
+    for rec in records:
+        if "probe_correct" not in rec:
+            continue
+        metric = gap_select if rec["probe_heldout"] else gap_eval
+        metric.update(torch.tensor([BLINK_SUBTASKS.index(rec["sub_task"])]), torch.tensor([bool(rec["correct"])]),
+                      torch.tensor([rec["probe_correct"]], dtype=torch.bool))
+    return gap_eval, gap_select
+
+
 def latent_summary(
-    gap_eval: SurfacingGap, gap_select: SurfacingGap, layers: list[int], probes: ProbeOptions, n_model_layers: int
+    records: Sequence[dict[str, Any]], layers: list[int], probes: ProbeConfig, n_model_layers: int
 ) -> dict[str, Any]:
     """Per subtask: the chosen layer and, at it, output/probe accuracy and both gap shares (eval part)."""
+    gap_eval, gap_select = _gap_metrics(records, len(layers))
     ev = gap_eval.compute() if gap_eval.update_called else None
     sel = gap_select.compute() if gap_select.update_called else None
     out: dict[str, Any] = {"layer_selection": str(probes.probe_layer), "layers": layers, "subtasks": {}}

@@ -1,21 +1,46 @@
 """``python -m vkvtrain evaluate eval/blink.yaml [--model M] [--ckpt_path P] [--data.root DIR] ...``
 
 Parses a YAML config plus dotted overrides into :class:`EvalConfig` (unknown keys fail naming the key),
-loads the model (and a trained checkpoint's interventions), loads the questions, evaluates and writes
-results.json, responses.jsonl and results.md into ``output_dir``.
+loads the questions, the model (with the configured processor resolution, a trained checkpoint's interventions
+and the configured ones), evaluates (sharded over processes with ``--devices N``) and writes results.json,
+responses.jsonl and results.md into ``output_dir``; every output names the protocol, the resolution settings
+and the data revision.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from vkvtrain.checkpointing import build_intervention, restore_into
+import torch
+from lightning.fabric import Fabric
+
+from vkvtrain.checkpointing import (
+    CHECKPOINT_KEY,
+    build_intervention,
+    read_checkpoint,
+    restore_into,
+)
+from vkvtrain.data.blink import BlinkLoad, read_blink
+from vkvtrain.data.synthetic_blink import synthetic_blink_questions
 from vkvtrain.errors import RecipeError, VKVError
+from vkvtrain.evaluation.blink import evaluate_blink
 from vkvtrain.evaluation.config import EvalConfig
-from vkvtrain.interventions import attach_interventions, calibrate_interventions, prompt_prefix
+from vkvtrain.evaluation.report import headline, log_wandb, write_outputs
+from vkvtrain.evaluation.scoring import prompts_for
+from vkvtrain.evaluation.sharding import Shard
+from vkvtrain.interventions import (
+    Intervention,
+    attach_interventions,
+    calibrate_interventions,
+    prompt_prefix,
+)
+from vkvtrain.mlm import MLM
+from vkvtrain.models.loading import load_mlm
 
 
 def build_parser() -> Any:
@@ -56,37 +81,54 @@ def parse_config(argv: Sequence[str]) -> EvalConfig:
     return EvalConfig(**{k: v for k, v in dict(cfg).items() if k != "__path__"})
 
 
-def load_questions(cfg: EvalConfig) -> list[Any]:
-    from vkvtrain.data.blink import load_blink
-    from vkvtrain.data.synthetic_blink import synthetic_blink_questions
-
+def load_questions(cfg: EvalConfig) -> BlinkLoad:
+    """The questions ``cfg.data`` selects, the subtasks they were loaded from, and a record of the source."""
     d = cfg.data
     if d.root is not None or d.source == "local":
-        if d.root is None:
-            raise RecipeError("data.source=local needs data.root (a folder with one sub-folder per subtask)")
-        return load_blink(d.subtasks, d.split, root=d.root, limit=d.limit)
+        return read_blink(d.subtasks, d.split, root=d.root, limit=d.limit, skip_malformed=d.skip_malformed)
     if d.source == "synthetic":
         n = d.synthetic_n if d.limit is None else min(d.synthetic_n, d.limit)
-        return synthetic_blink_questions(n, d.synthetic_seed, d.subtasks, d.synthetic_image_size, d.split)
-    return load_blink(d.subtasks, d.split, hub_id=d.hub_id, revision=d.revision, limit=d.limit)
+        questions = synthetic_blink_questions(n, d.synthetic_seed, d.subtasks, d.synthetic_image_size, d.split)
+        source = {"source": "synthetic", "generator": "vkvtrain.data.synthetic_blink", "split": d.split,
+                  "revision": f"seed {d.synthetic_seed}, {n} per subtask, {d.synthetic_image_size} px"}
+        return BlinkLoad(questions, list(dict.fromkeys(q.sub_task for q in questions)), source)
+    return read_blink(d.subtasks, d.split, hub_id=d.hub_id, revision=d.revision, limit=d.limit,
+                      skip_malformed=d.skip_malformed)
 
 
-def apply_checkpoint(mlm: Any, ckpt_path: str) -> str | None:
-    """Restore a trained checkpoint's interventions into ``mlm`` (vkvtrain.checkpointing.restore_into).
+def calibrate(mlm: MLM, interventions: Sequence[Intervention], cfg: EvalConfig, questions: Sequence[Any]) -> None:
+    """Let interventions that choose positions from data pick them on the first questions' images (answers
+    unused)."""
+    if not any(iv.needs_calibration for iv in interventions):
+        return
+    calibration = list(questions[: cfg.calibration_questions])
+    batches = [mlm.encode(prompts_for(calibration[i: i + cfg.batch_size], cfg.prompt)).to(mlm.device)
+               for i in range(0, len(calibration), cfg.batch_size)]
+    calibrate_interventions(mlm, interventions, batches)
 
-    Returns the text its interventions need right before the images (a learned prefix's placeholders), or None.
-    """
-    if not Path(ckpt_path).exists():
-        raise RecipeError(f"ckpt_path {ckpt_path} does not exist")
-    return prompt_prefix(restore_into(mlm, ckpt_path))
+
+def applied_records(interventions: Sequence[Intervention], source: str) -> list[dict[str, Any]]:
+    """Per intervention: where it came from and what was applied (class path, init args, chosen positions)."""
+    return [{"source": source, **intervention.record()} for intervention in interventions]
+
+
+def apply_checkpoint(mlm: MLM, cfg: EvalConfig, questions: Sequence[Any]) -> list[dict[str, Any]]:
+    """Restore ``cfg.ckpt_path``'s interventions into ``mlm`` (vkvtrain.checkpointing.restore_into), calibrate
+    those still without positions, and put a learned prefix before the images. Returns what was applied."""
+    assert cfg.ckpt_path is not None
+    if not Path(cfg.ckpt_path).exists():
+        raise RecipeError(f"ckpt_path {cfg.ckpt_path} does not exist")
+    interventions = restore_into(mlm, cfg.ckpt_path)
+    calibrate(mlm, interventions, cfg, questions)
+    if learned := prompt_prefix(interventions):  # right before the images, after any configured prefix text
+        cfg.prompt.prefix = (cfg.prompt.prefix or "") + learned
+    return applied_records(interventions, f"checkpoint {cfg.ckpt_path}")
 
 
 def resolve_model(cfg: EvalConfig) -> str:
     """The model to load: ``cfg.model``, else the model the checkpoint was trained on."""
     trained_on = None
     if cfg.ckpt_path:
-        from vkvtrain.checkpointing import CHECKPOINT_KEY, read_checkpoint
-
         trained_on = read_checkpoint(cfg.ckpt_path)[CHECKPOINT_KEY].get("model")
     if cfg.model is None:
         if trained_on is None:
@@ -99,59 +141,73 @@ def resolve_model(cfg: EvalConfig) -> str:
     return cfg.model
 
 
-def apply_interventions(mlm: Any, cfg: EvalConfig, questions: Sequence[Any]) -> list[dict[str, Any]]:
-    """Attach ``cfg.interventions`` to ``mlm``, calibrating those that pick positions from data.
-
-    Returns, per intervention, its class path, init args and (when it has them) the blocked positions, so
-    results.json says exactly what was applied.
-    """
-    from vkvtrain.evaluation.scoring import prompts_for
-
-    for spec in cfg.interventions:
-        if "class_path" not in spec:
-            raise RecipeError(f"interventions entry {spec} needs a class_path (and optional init_args), as in recipes")
+def apply_interventions(mlm: MLM, cfg: EvalConfig, questions: Sequence[Any]) -> list[dict[str, Any]]:
+    """Attach ``cfg.interventions`` to ``mlm`` after any checkpoint's, calibrating those that pick positions
+    from data. Returns what was applied, so results.json says exactly that."""
     # the config is the user's own file: the classes it names are trusted
-    interventions = [build_intervention(spec, trusted=[spec["class_path"]]) for spec in cfg.interventions]
+    interventions = [build_intervention(spec, trusted=[str(spec.get("class_path"))]) for spec in cfg.interventions]
     attach_interventions(mlm, interventions)
-    if any(iv.needs_calibration for iv in interventions):
-        calibration = list(questions[: cfg.calibration_questions])
-        batches = [mlm.encode(prompts_for(calibration[i: i + cfg.batch_size], cfg.prompt)).to(mlm.device)
-                   for i in range(0, len(calibration), cfg.batch_size)]
-        calibrate_interventions(mlm, interventions, batches)
-    if (text := prompt_prefix(interventions)):
+    calibrate(mlm, interventions, cfg, questions)
+    if text := prompt_prefix(interventions):
         cfg.prompt.prefix = (cfg.prompt.prefix or "") + text
-    return [intervention.record() for intervention in interventions]
+    return applied_records(interventions, "config")
+
+
+def check_writable(folder: str) -> None:
+    """Fail before any expensive work when ``folder`` cannot be created or written."""
+    path = Path(folder)
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RecipeError(f"output_dir {folder} is not writable (checked {existing}); choose another --output_dir")
+
+
+def _accelerator(cfg: EvalConfig) -> str:
+    if cfg.device is None:
+        return "auto"
+    if cfg.device == "cpu" or cfg.device == "cuda":
+        return cfg.device
+    raise RecipeError(f"device={cfg.device!r} names one device; with devices={cfg.devices} give device: cuda or cpu")
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
-    """Evaluate as configured; returns the results dict (also written to cfg.output_dir)."""
-    import torch
+    """Evaluate as configured; returns the results dict (also written to cfg.output_dir by rank 0).
 
-    from vkvtrain import load_mlm
-    from vkvtrain.evaluation.blink import EvalOptions, evaluate_blink
-    from vkvtrain.evaluation.report import log_wandb, write_outputs
-
+    With ``devices`` x ``num_nodes`` > 1 the questions are sharded over that many processes by Lightning Fabric
+    (strategy ``cfg.strategy``); the results equal a single-process run.
+    """
     cfg.model = resolve_model(cfg)
-    questions = load_questions(cfg)  # data errors surface before the (slow) model load
+    check_writable(cfg.output_dir)
+    if cfg.devices * cfg.num_nodes == 1:
+        return evaluate(cfg, Shard(), None)
+    fabric = Fabric(accelerator=_accelerator(cfg), devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy)
+    return fabric.launch(functools.partial(_evaluate_process, cfg=cfg))  # picklable for ddp_spawn
+
+
+def _evaluate_process(fabric: Any, cfg: EvalConfig) -> dict[str, Any]:
+    return evaluate(cfg, Shard.of(fabric), fabric.device)
+
+
+def evaluate(cfg: EvalConfig, shard: Shard, device: Any) -> dict[str, Any]:
+    """One process's part of :func:`run`: load, answer its batches, gather; rank 0 writes the outputs."""
+    assert cfg.model is not None
+    loaded = load_questions(cfg)  # data errors surface before the (slow) model load
+    questions = loaded.questions
     if not questions:
         raise RecipeError("no BLINK questions selected; check data.subtasks and data.limit")
     mlm = load_mlm(cfg.model, dtype=cfg.dtype)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    mlm.model.to(device)
-    if cfg.ckpt_path:
-        learned = apply_checkpoint(mlm, cfg.ckpt_path)
-        if learned:  # the learned prefix sits right before the images, after any configured prefix text
-            cfg.prompt.prefix = (cfg.prompt.prefix or "") + learned
-    applied = apply_interventions(mlm, cfg, questions)
-    options = EvalOptions(
-        mode=cfg.mode, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, prompt=cfg.prompt,
-        probes=cfg.probes,
+    mlm.to(device or cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    resolution = cfg.resolution.apply(mlm)  # before calibration: positions depend on the image grids
+    applied = apply_checkpoint(mlm, cfg, questions) if cfg.ckpt_path else []
+    applied += apply_interventions(mlm, cfg, questions)
+    records, results = evaluate_blink(mlm, questions, cfg, progress=cfg.progress and shard.is_main, shard=shard,
+                                      subtasks=loaded.subtasks)
+    results.update(
+        model=cfg.model, ckpt_path=cfg.ckpt_path, protocol=cfg.protocol(), resolution=resolution,
+        data=loaded.source, skipped=loaded.skipped, interventions=applied, processes=shard.world_size,
+        config=dataclasses.asdict(cfg),  # the resolved run configuration, prompt protocol included
     )
-    records, results = evaluate_blink(mlm, questions, options, progress=cfg.progress)
-    results["model"] = cfg.model
-    results["ckpt_path"] = cfg.ckpt_path
-    results["interventions"] = applied
-    results["config"] = dataclasses.asdict(cfg)  # the resolved run configuration, prompt protocol included
+    if not shard.is_main:
+        return results
     out = write_outputs(cfg.output_dir, results, records)
     if cfg.wandb.project:
         import wandb
@@ -163,8 +219,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         log_wandb(results, run_)
         run_.finish()
     print((out / "results.md").read_text())
-    macro = results["macro"]
-    print(f"BLINK macro {100 * macro:.1f}" if macro is not None else "BLINK: no gold answers", f"-> {out}")
+    print(headline(results), f"-> {out}")
     return results
 
 

@@ -1,4 +1,4 @@
-"""Strict multiple-choice answer parser for generated BLINK responses.
+"""Multiple-choice answer parsers for generated BLINK responses: the strict default and lmms-eval's.
 
 A response *claims* a letter when it is the whole response ("B", "(B)", "B."), when it opens the response
 as an option marker ("(B) the third image", "B. the third image", "B) ..."), when it follows an answer
@@ -7,6 +7,9 @@ closing parenthesis anywhere ("... so (B)", "... B)"). The parser returns the cl
 it is one of the offered choices; otherwise None (counted as invalid). Articles and pronouns are never
 read as letters ("A cat is ..." claims nothing, "I think (B)" claims B), unlike a first-capital regex that
 reads "The correct answer is (B)" as "T".
+
+:func:`lmms_eval_choice` is lmms-eval's BLINK parser (``_extract_answer_letter`` in
+lmms_eval/tasks/blink/utils.py): the first letter of the response, after optional spaces and "(", in any case.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ _KEYWORD = re.compile(
     r"[\(\[]?([A-Z])[\)\]]?"
     r"(?![A-Za-z0-9'])"
 )
+_LMMS_EVAL_FIRST = re.compile(r"[\(\s]*([A-Z])[\)\.\s]*", flags=re.IGNORECASE)  # lmms-eval's pattern, verbatim
 _PARENS = re.compile(r"[\(\[]([A-Z])[\)\]]")
 _CLOSING = re.compile(r"(?<![A-Za-z0-9])([A-Z])\)")  # "B)" option markers anywhere
 
@@ -60,3 +64,22 @@ def parse_choice(text: str, n_choices: int) -> str | None:
         return None
     (letter,) = claims
     return letter if letter in LETTERS[:n_choices] else None
+
+
+def lmms_eval_choice(text: str, n_choices: int) -> str | None:
+    """lmms-eval's reading of ``text``: its first letter (upper-cased) when that is among the first ``n_choices``
+    letters, else None (lmms-eval scores such an answer wrong, as None is here).
+
+    >>> lmms_eval_choice("The correct answer is (B)", 4) is None   # read as "T"
+    True
+    >>> lmms_eval_choice("b) the third image", 4)
+    'B'
+    """
+    if not 1 <= n_choices <= len(LETTERS):
+        raise ValueError(f"n_choices must be in 1..{len(LETTERS)}, got {n_choices}")
+    match = _LMMS_EVAL_FIRST.match((text or "").strip())
+    letter = match.group(1).upper() if match else ""
+    return letter if letter and letter in LETTERS[:n_choices] else None
+
+
+PARSERS = {"strict": parse_choice, "lmms_eval": lmms_eval_choice}

@@ -13,24 +13,38 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vkvtrain.data.blink import BLINK_SUBTASKS
+from vkvtrain.errors import DatasetError
 
 
-def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def summarize(records: Sequence[dict[str, Any]], subtasks: Sequence[str] | None = None) -> dict[str, Any]:
     """``{"subtasks": {name: {accuracy, n, invalid, n_correct, n_invalid}}, "macro", "micro", "n"}``.
 
-    Records need ``sub_task``, ``answer`` (gold letter or None), ``prediction`` (letter or None) and
-    ``correct`` (bool). Questions without a gold answer count only in ``n_unscored``.
+    Records need ``sub_task`` (the subtask the question was loaded from), ``answer`` (gold letter or None),
+    ``prediction`` (letter or None) and ``correct`` (bool). Questions without a gold answer count only in
+    ``n_unscored``. subtasks: the subtasks the macro average is over (default: those in ``records``); one
+    without records raises :class:`~vkvtrain.errors.DatasetError` naming it instead of leaving the average.
     """
     order = {s: i for i, s in enumerate(BLINK_SUBTASKS)}
-    names = sorted({r["sub_task"] for r in records}, key=lambda s: (order.get(s, len(order)), s))
-    subtasks: dict[str, dict[str, Any]] = {}
+    present = {r["sub_task"] for r in records}
+    if subtasks is not None:
+        empty = [name for name in subtasks if name not in present]
+        if empty:
+            raise DatasetError(
+                f"no answered questions in subtask(s) {empty}: the macro average would silently leave them out; "
+                "drop them from data.subtasks or check the data"
+            )
+        extra = sorted(present - set(subtasks))
+        if extra:
+            raise DatasetError(f"records of subtask(s) {extra} that were not loaded; results key on loaded subtasks")
+    names = sorted(present, key=lambda s: (order.get(s, len(order)), s))
+    table: dict[str, dict[str, Any]] = {}
     right = total = 0
     for name in names:
         rs = [r for r in records if r["sub_task"] == name]
         scored = [r for r in rs if r["answer"] is not None]
         n_correct = sum(bool(r["correct"]) for r in scored)
         n_invalid = sum(r["prediction"] is None for r in rs)
-        subtasks[name] = {
+        table[name] = {
             "accuracy": n_correct / len(scored) if scored else None,
             "n": len(scored),
             "invalid": n_invalid / len(rs),
@@ -40,9 +54,9 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         }
         right += n_correct
         total += len(scored)
-    accs = [v["accuracy"] for v in subtasks.values() if v["accuracy"] is not None]
+    accs = [v["accuracy"] for v in table.values() if v["accuracy"] is not None]
     return {
-        "subtasks": subtasks,
+        "subtasks": table,
         "macro": sum(accs) / len(accs) if accs else None,
         "micro": right / total if total else None,
         "n": total,
@@ -55,10 +69,36 @@ def _fmt(x: Any, pct: bool = True) -> str:
     return f"{100 * x:.1f}" if pct else str(x)
 
 
+def describe(results: dict[str, Any]) -> list[str]:
+    """One line each for the protocol, the resolution settings and the data revision of ``results``."""
+    protocol = results.get("protocol") or {}
+    name = protocol.get("name", results.get("mode", "?"))
+    if "max_new_tokens" in protocol:
+        name += f", max_new_tokens {protocol['max_new_tokens']}"
+    resolution = results.get("resolution") or {}
+    settings = ", ".join(f"{k}={v}" for k, v in resolution.items() if k != "family") or "processor defaults"
+    data = results.get("data") or {}
+    where = data.get("hub_id") or data.get("root") or data.get("generator") or "?"
+    return [
+        f"protocol: {name}",
+        f"resolution ({resolution.get('family', '?')}): {settings}",
+        f"data: {data.get('source', '?')} {where} split {data.get('split', '?')}, revision {data.get('revision', '?')}",
+    ]
+
+
+def headline(results: dict[str, Any]) -> str:
+    """The one-line summary printed at the end of a run: macro accuracy and what produced it."""
+    macro = results.get("macro")
+    score = f"BLINK macro {100 * macro:.1f}" if macro is not None else "BLINK: no gold answers"
+    return f"{score} ({'; '.join(describe(results))})"
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """A markdown report: the subtask table, then the latent surfacing table when present."""
+    """A markdown report: what produced it, the subtask table, then the latent surfacing table when present."""
     lines = [
         f"# BLINK results ({results.get('mode', '?')} mode, model {results.get('model', '?')})",
+        "",
+        *(f"- {line}" for line in describe(results)),
         "",
         "| subtask | n | accuracy % | invalid % |",
         "|---|---:|---:|---:|",
@@ -67,6 +107,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {v['n']} | {_fmt(v['accuracy'])} | {_fmt(v['invalid'])} |")
     lines.append(f"| **macro (official)** | {results['n']} | {_fmt(results['macro'])} | |")
     lines.append(f"| **micro (VLMEvalKit)** | {results['n']} | {_fmt(results['micro'])} | |")
+    skipped = results.get("skipped") or []
+    if skipped:
+        lines += ["", f"Skipped (data.skip_malformed): {len(skipped)}"]
+        lines += [f"- {s['subtask']} {s['idx'] or '(whole subtask)'}: {s['reason']}" for s in skipped]
     latent = results.get("latent")
     if latent and latent.get("subtasks"):
         lines += [
@@ -129,7 +173,7 @@ def log_wandb(results: dict[str, Any], logger: Any, key: str = "blink") -> None:
     }
     latent = results.get("latent")
     if latent and latent.get("subtasks"):
-        cols = ["subtask", "layer", "n", "output_accuracy", "probe_accuracy", "gap_all", "gap_wrong"]
+        cols: list[Any] = ["subtask", "layer", "n", "output_accuracy", "probe_accuracy", "gap_all", "gap_wrong"]
         payload[f"{key}/latent"] = wandb.Table(
             columns=cols, data=[[n] + [v[c] for c in cols[1:]] for n, v in latent["subtasks"].items()]
         )

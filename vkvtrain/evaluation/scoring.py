@@ -61,10 +61,10 @@ def score_choices(
     # conts[b][c]: token ids of choice c's continuation for question b
     conts: list[list[list[int]]] = []
     for q in questions:
-        ids = [tok(text, add_special_tokens=False)["input_ids"] for text in protocol.continuations(q)]
-        if not all(ids):
+        tokens = [tok(text, add_special_tokens=False)["input_ids"] for text in protocol.continuations(q)]
+        if not all(tokens):
             raise ValueError(f"a continuation of {q.idx} tokenizes to nothing: {protocol.continuations(q)}")
-        conts.append(ids)
+        conts.append(tokens)
     logp = [[float(first_logp[b, c[0]]) for c in cs] for b, cs in enumerate(conts)]
 
     B = len(questions)

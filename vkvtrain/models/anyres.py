@@ -29,6 +29,15 @@ class AnyresAdapter(FamilyAdapter):
     def image_grids(self, model: nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
         return [self.base_grid(model)] * n_images
 
+    def resolution(self, processor: Any) -> dict[str, Any]:
+        """The crop side and the anyres grid pinpoints every image is tiled over (fixed by the checkpoint)."""
+        image_processor = processor.image_processor
+        size = image_processor.size
+        side = size.height or size.shortest_edge
+        pinpoints = [list(p) for p in image_processor.image_grid_pinpoints]
+        return {"crop_size": int(side), "grid_pinpoints": len(pinpoints), "largest_pinpoint": max(pinpoints),
+                "images": "anyres: base crop + high-resolution crops for every image"}
+
     def crops_per_image(self, model: nn.Module, inputs: dict[str, Any]) -> list[int]:
         """Number of vision-tower crops of every image, in the order the projector sees them."""
         config = hf_config(model)

@@ -148,6 +148,20 @@ class FamilyAdapter(ABC):
         """
         return None
 
+    # --- image resolution ----------------------------------------------------------------------
+    def resolution(self, processor: Any) -> dict[str, Any]:
+        """The processor's image resolution settings as reports name them (family-specific keys)."""
+        return {}
+
+    def set_resolution(self, processor: Any, settings: dict[str, Any]) -> None:
+        """Apply resolution ``settings`` to ``processor``; a None value keeps the processor's own setting.
+
+        The base family has none: any value raises, naming the keys.
+        """
+        given = sorted(k for k, v in settings.items() if v is not None)
+        if given:
+            raise PromptError(f"{self.family} has no processor resolution setting {given}; leave them unset.")
+
     # --- prompts -----------------------------------------------------------------------------
     def messages(self, n_images: int, text: str) -> list[dict[str, Any]]:
         """One user turn: the images first, then the text (the family's own template decides the layout)."""

@@ -54,6 +54,12 @@ class LlavaOnevisionAdapter(AnyresAdapter):
     image_placeholder: ClassVar[str] = "<image>"
     turn_end: ClassVar[str] = "<|im_end|>"
 
+    def resolution(self, processor: Any) -> dict[str, Any]:
+        settings = super().resolution(processor)
+        settings["images"] = (f"single image: {processor.vision_aspect_ratio}; multi-image prompts: each image "
+                              "padded to a square with the image mean, base crop only")
+        return settings
+
     def crops_per_image(self, model: nn.Module, inputs: dict[str, Any]) -> list[int]:
         # Multi-image prompts use only the base crop of each image (transformers `get_image_features`).
         crops = super().crops_per_image(model, inputs)

@@ -71,5 +71,9 @@ class LoadedMLM:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def to(self, device: str | torch.device) -> None:
+        """Move the model to ``device`` (in place)."""
+        nn.Module.to(self.model, torch.device(device))  # PreTrainedModel.to's decorated signature confuses checkers
+
     def decoder_layers(self) -> nn.ModuleList:
         return self.adapter.decoder_layers(self.model)

@@ -18,6 +18,7 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
 )
+from transformers.image_utils import SizeDict
 from transformers.vision_utils import get_vision_window_index
 
 from vkvtrain.errors import PromptError
@@ -115,6 +116,26 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
                 raise PromptError(f"Qwen2.5-VL image with temporal grid {t}: vkvtrain reads still images only (t=1).")
             grids.append((h // merge, w // merge))
         return grids
+
+    def resolution(self, processor: Any) -> dict[str, Any]:
+        """min_pixels / max_pixels: the pixel budget every image is resized into (sides multiples of
+        patch_size * merge_size, aspect kept), as the image processor's ``size`` holds it."""
+        image_processor = processor.image_processor
+        size = image_processor.size
+        return {"min_pixels": int(size.shortest_edge), "max_pixels": int(size.longest_edge),
+                "patch_size": int(image_processor.patch_size), "merge_size": int(image_processor.merge_size)}
+
+    def set_resolution(self, processor: Any, settings: dict[str, Any]) -> None:
+        unknown = sorted(set(settings) - {"min_pixels", "max_pixels"})
+        if unknown:
+            raise PromptError(f"qwen2_5_vl has no resolution setting {unknown}; it has min_pixels and max_pixels.")
+        current = self.resolution(processor)
+        low = settings.get("min_pixels") or current["min_pixels"]
+        high = settings.get("max_pixels") or current["max_pixels"]
+        if low > high:
+            raise PromptError(f"qwen2_5_vl min_pixels={low} exceeds max_pixels={high}.")
+        # The processor reads size.shortest_edge / size.longest_edge as the pixel budget (transformers 5).
+        processor.image_processor.size = SizeDict(shortest_edge=int(low), longest_edge=int(high))
 
     def continuation_position_ids(self, model: nn.Module, prompt_mask: torch.Tensor, rows: torch.Tensor,
                                   length: int) -> torch.Tensor | None:
