@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from vkvtrain.answer_loss import output_correct
 from vkvtrain.capture import KVCapture
-from vkvtrain.data.blink import BLINK_SUBTASKS, LETTERS, Point, parse_answer
+from vkvtrain.data.blink import BLINK_SUBTASKS, LetteredChoices, Point, parse_answer
 from vkvtrain.data.collate import TrainBatch
 from vkvtrain.evaluation.latent import probe_correct_from_capture
 from vkvtrain.interventions import Intervention, prompt_prefix
@@ -64,7 +64,7 @@ class VKVModuleLike(Protocol):
 
 
 @dataclass
-class ValidationRow:
+class ValidationRow(LetteredChoices):
     """One BLINK-style validation row as the latent probes read it (`vkvtrain.evaluation.latent.LatentQuestion`)."""
 
     idx: str
@@ -73,18 +73,6 @@ class ValidationRow:
     answer: str | None
     n_images: int
     points: dict[str, dict[str, Point]] | None = field(default=None)
-
-    @property
-    def n_choices(self) -> int:
-        return len(self.choices)
-
-    @property
-    def letters(self) -> str:
-        return LETTERS[: self.n_choices]
-
-    @property
-    def answer_index(self) -> int | None:
-        return None if self.answer is None else LETTERS.index(self.answer)
 
 
 def validation_rows(batch: TrainBatch) -> list[ValidationRow]:

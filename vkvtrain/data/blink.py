@@ -59,8 +59,27 @@ _ANSWER_RE = re.compile(r"^\s*\(?([A-J])\)?\s*$")
 Point = tuple[float, float]
 
 
+class LetteredChoices:
+    """Lettered multiple choice over ``self.choices`` with a gold letter ``self.answer`` (or None)."""
+
+    choices: list[str]
+    answer: str | None
+
+    @property
+    def n_choices(self) -> int:
+        return len(self.choices)
+
+    @property
+    def letters(self) -> str:
+        return LETTERS[: self.n_choices]
+
+    @property
+    def answer_index(self) -> int | None:
+        return None if self.answer is None else LETTERS.index(self.answer)
+
+
 @dataclass
-class BlinkQuestion:
+class BlinkQuestion(LetteredChoices):
     """One BLINK question.
 
     images: the non-empty image slots in image_1..image_4 order.
@@ -82,20 +101,8 @@ class BlinkQuestion:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def n_choices(self) -> int:
-        return len(self.choices)
-
-    @property
-    def letters(self) -> str:
-        return LETTERS[: self.n_choices]
-
-    @property
     def n_images(self) -> int:
         return len(self.images)
-
-    @property
-    def answer_index(self) -> int | None:
-        return None if self.answer is None else LETTERS.index(self.answer)
 
 
 def parse_answer(raw: str | None) -> str | None:
