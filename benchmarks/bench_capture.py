@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from vkvtrain import Prompt, load_mlm
-from vkvtrain.models.registry import FAMILIES
+from vkvtrain.models.registry import families
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "15"))
 torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))  # one thread: steadier medians on a shared box
@@ -95,7 +95,7 @@ def main() -> int:
     print(f"{'family':16} {'params':>7} {'seq':>4} {'img tok':>7} {'plain ms':>9} {'capture ms':>10} "
           f"{'ratio':>6} {'held/payload':>12}")
     worst = 0.0
-    for family in FAMILIES:
+    for family in families():
         r = bench(family, device)
         worst = max(worst, r["overhead"])
         extra = f"  peak delta/payload {r['peak_delta_over_payload']:.2f}" if "peak_delta_over_payload" in r else ""

@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 
 from vkvtrain import Prompt, load_mlm  # noqa: E402
 from vkvtrain.interventions import KeyArtifactSuppression, LateLoRA, LearnedPrefix  # noqa: E402
-from vkvtrain.module import answer_forward  # noqa: E402
+from vkvtrain.answer_loss import answer_forward  # noqa: E402
 
 
 def _images(n: int, size: int) -> list[Image.Image]:
@@ -65,11 +65,11 @@ def _step(mlm, interventions, batch, optimizer, with_vkv: bool) -> None:  # type
         probe_layers = [layer for layer in range(mlm.num_layers) if layer not in grad_layers]
         # one capture with gradients for the loss layers, one detached for the probes (as in VKVModule)
         with mlm.capture(grad_layers, grad=True) as kv, mlm.capture(probe_layers) as probes:
-            _, loss, _ = answer_forward(mlm.model, batch.inputs)
+            loss = answer_forward(mlm.model, batch.inputs).loss
         loss = loss + sum(l for iv in interventions if (l := iv.loss(kv, batch)) is not None)
         _ = [probes.image(layer, 0, 0).values for layer in probes.layers]
     else:
-        _, loss, _ = answer_forward(mlm.model, batch.inputs)
+        loss = answer_forward(mlm.model, batch.inputs).loss
     loss.backward()
     optimizer.step()
     if batch.inputs["input_ids"].is_cuda:

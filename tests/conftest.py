@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vkvtrain import MLM, load_mlm  # noqa: E402
-from vkvtrain.models.registry import FAMILIES  # noqa: E402
+from vkvtrain.models.registry import families  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -33,7 +33,7 @@ def tiny_mlm() -> Callable[[str], MLM]:
     return load
 
 
-@pytest.fixture(params=FAMILIES)
+@pytest.fixture(params=families())
 def family(request: pytest.FixtureRequest) -> str:
     """Parametrises a test over the three supported families."""
     return request.param

@@ -53,3 +53,20 @@ class NaNAfter(Intervention):
         self.calls += 1
         value = self.scale.pow(2)
         return value * float("nan") if self.calls > self.step else value
+
+
+class InfGradAt(Intervention):
+    """Test intervention: one trainable scalar whose auxiliary loss is finite (0) but, at training step ``step``,
+    has an infinite gradient (sqrt at 0), so the optimiser step itself makes the tensor non-finite."""
+
+    def __init__(self, step: int = 2) -> None:
+        super().__init__()
+        self.step = step
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.calls = 0
+
+    def loss(self, kv: Any, batch: Any) -> torch.Tensor:
+        self.calls += 1
+        if self.calls > self.step:
+            return (self.scale - self.scale.detach()).sqrt()  # value 0, gradient inf
+        return 0.0 * self.scale

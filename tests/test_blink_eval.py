@@ -94,7 +94,7 @@ def test_trained_checkpoint_is_evaluated_with_its_interventions(tmp_path: Path, 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from helpers_train import blink_source
-    from vkvtrain.checkpointing import prompt_prefix
+    from vkvtrain.interventions import prompt_prefix
     from vkvtrain.data.synthetic_blink import synthetic_blink_questions
     from vkvtrain.datamodule import VKVDataModule
     from vkvtrain.evaluation.blink import EvalOptions, ProbeOptions, evaluate_blink

@@ -100,8 +100,10 @@ def plant_codes(mlm, codes_by_image):
                 visual.merger.register_forward_hook(replace)]
 
     def replace_anyres(_m, _args, output):
-        # output: (total_crops, H*W, hidden); crop 0 of each image is its base-resolution view.
-        crops = mlm.adapter.crops_per_image(mlm.model, state["inputs"])
+        # output: (total_crops, H*W, hidden); crop 0 of each image is its base-resolution view (single-crop
+        # families have one crop per image).
+        per_image = getattr(mlm.adapter, "crops_per_image", None)
+        crops = per_image(mlm.model, state["inputs"]) if per_image else [1] * output.shape[0]
         side = int(output.shape[1] ** 0.5)
         new = torch.zeros_like(output)
         first = 0
@@ -276,14 +278,14 @@ def real_geometry_llava_onevision():
     from vkvtrain.models.llava_onevision import LlavaOnevisionAdapter
     from vkvtrain.mlm import MLM
     from vkvtrain.models.processors import ImageOnlyLlavaOnevisionProcessor
-    from vkvtrain.models.tiny import CHATML_LLAVA_OV, _text_config, build_tokenizer
+    from vkvtrain.models.llava_onevision import CHAT_TEMPLATE, text_config, tokenizer as family_tokenizer
 
     torch.manual_seed(0)
-    tokenizer = build_tokenizer("llava_onevision")
+    tokenizer = family_tokenizer()
     pinpoints = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
     vision = SiglipVisionConfig(image_size=384, patch_size=14, hidden_size=32, intermediate_size=64,
                                 num_hidden_layers=1, num_attention_heads=2)
-    text = _text_config("llava_onevision", "tiny", tokenizer).to_dict()
+    text = text_config("tiny", tokenizer).to_dict()
     text["num_hidden_layers"], text["layer_types"] = 2, text["layer_types"][:2]
     config = LlavaOnevisionConfig(
         text_config=text, vision_config=vision.to_dict(), image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
@@ -296,7 +298,7 @@ def real_geometry_llava_onevision():
                                                       image_grid_pinpoints=pinpoints, do_pad=True)
     processor = ImageOnlyLlavaOnevisionProcessor(
         image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=27 * 27,
-        vision_feature_select_strategy="full", chat_template=CHATML_LLAVA_OV,
+        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE,
     )
     processor.tokenizer.padding_side = "left"
     return MLM(model=model, processor=processor, adapter=LlavaOnevisionAdapter(), name="real-geometry-ov")
@@ -325,11 +327,11 @@ def real_geometry_qwen2_5_vl():
     from vkvtrain.mlm import MLM
     from vkvtrain.models.processors import ImageOnlyQwen2_5_VLProcessor
     from vkvtrain.models.qwen2_5_vl import Qwen2_5_VLAdapter
-    from vkvtrain.models.tiny import CHATML_QWEN2_5_VL, _text_config, build_tokenizer
+    from vkvtrain.models.qwen2_5_vl import CHAT_TEMPLATE, text_config, tokenizer as family_tokenizer
 
     torch.manual_seed(0)
-    tokenizer = build_tokenizer("qwen2_5_vl")
-    text = _text_config("qwen2_5_vl", "tiny", tokenizer)
+    tokenizer = family_tokenizer()
+    text = text_config("tiny", tokenizer)
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=text["hidden_size"],
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                   fullatt_block_indexes=[1])
@@ -343,7 +345,7 @@ def real_geometry_qwen2_5_vl():
     image_processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
                                                size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280})
     processor = ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                             chat_template=CHATML_QWEN2_5_VL)
+                                             chat_template=CHAT_TEMPLATE)
     processor.tokenizer.padding_side = "left"
     return MLM(model=model, processor=processor, adapter=Qwen2_5_VLAdapter(), name="real-geometry-qwen2.5-vl")
 
@@ -376,15 +378,15 @@ def real_geometry_llava_next():
 
     from vkvtrain.models.llava_next import LlavaNextAdapter
     from vkvtrain.mlm import MLM
-    from vkvtrain.models.tiny import LLAMA3_LLAVA_NEXT, _text_config, build_tokenizer
+    from vkvtrain.models.llava_next import CHAT_TEMPLATE, text_config, tokenizer as family_tokenizer
 
     torch.manual_seed(0)
-    tokenizer = build_tokenizer("llava_next")
+    tokenizer = family_tokenizer()
     pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
     vision = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=32, intermediate_size=64,
                               num_hidden_layers=2, num_attention_heads=2, projection_dim=32)
     config = LlavaNextConfig(
-        text_config=_text_config("llava_next", "tiny", tokenizer).to_dict(), vision_config=vision.to_dict(),
+        text_config=text_config("tiny", tokenizer).to_dict(), vision_config=vision.to_dict(),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
         vision_feature_layer=-2, vision_feature_select_strategy="default", attn_implementation="sdpa",
     )
@@ -393,7 +395,7 @@ def real_geometry_llava_next():
                                                  image_grid_pinpoints=pinpoints)
     processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
                                    num_additional_image_tokens=1, vision_feature_select_strategy="default",
-                                   chat_template=LLAMA3_LLAVA_NEXT)
+                                   chat_template=CHAT_TEMPLATE)
     processor.tokenizer.padding_side = "left"
     return MLM(model=model, processor=processor, adapter=LlavaNextAdapter(), name="real-geometry-llava-next")
 

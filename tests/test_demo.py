@@ -16,5 +16,5 @@ def test_demo_reports_this_runs_wandb_run_and_checkpoint(tmp_path: Path, capsys)
     run_id = re.search(r"W&B offline run: \S+offline-run-\d+_\d+-(\w+)", text).group(1)
     ckpt = Path(re.search(r"checkpoint \(prefix vectors \+ recipe only\): (\S+)", text).group(1))
     assert ckpt.is_file() and ckpt.parent.parent.name == run_id
-    assert re.search(r"val/agnosticism/layer_3\s+[\d.]+\s+[\d.]+", text)  # before and after columns
+    assert re.search(r"val/split_keys/agnosticism/layer_3\s+[\d.]+\s+[\d.]+", text)  # before and after columns
     assert re.search(r"val/loss [\d.]+ -> [\d.]+", text)

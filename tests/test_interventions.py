@@ -10,6 +10,7 @@ from vkvtrain.errors import RecipeError
 from vkvtrain.interventions import AttentionBlocking, KeyArtifactSuppression, LateLoRA, LearnedPrefix, Quantization
 from vkvtrain.interventions.blocking import block_mask
 from vkvtrain.interventions.key_artifacts import agnostic_fraction, shared_key_energy
+from vkvtrain.models.registry import adapter_for_family, families
 from vkvtrain.probes.functional import input_agnosticism
 
 
@@ -231,20 +232,27 @@ def test_blocking_calibration_finds_planted_positions(tiny_mlm, make_image) -> N
 
 
 # ---------------------------------------------------------------- quantization
-def test_quantization_configs() -> None:
-    eight = Quantization(bits=8).to_bnb_config()
-    assert eight.load_in_8bit and "model.vision_tower" in eight.llm_int8_skip_modules
-    four = Quantization(bits=4, compute_dtype="float32").to_bnb_config()
+@pytest.mark.parametrize("family", families())
+def test_quantization_skips_the_family_vision_side(family: str) -> None:
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is an optional extra (vkvtrain[quant])")
+    vision = adapter_for_family(family).vision_modules
+    eight = Quantization(bits=8).to_bnb_config(vision)
+    assert eight.load_in_8bit and eight.llm_int8_skip_modules == [*vision, "lm_head"]
+    four = Quantization(bits=4, compute_dtype="float32").to_bnb_config(vision)
     assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_compute_dtype == torch.float32
+    own = Quantization(bits=8, skip_modules=["model.visual"]).to_bnb_config(vision)
+    assert own.llm_int8_skip_modules == ["model.visual"]  # a recipe's own list wins
+    with pytest.raises(RecipeError, match="bits must be 4 or 8"):
+        Quantization(bits=3)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_load_forward_and_lora_step_on_cpu(tiny_mlm, make_image, bits) -> None:
     """8-bit, and nf4 on the bias-free Llama LM of LLaVA-NeXT (CPU nf4 kernels fail on biased linears)."""
-    import bitsandbytes as bnb
+    bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is an optional extra (vkvtrain[quant])")
 
     layer_type = bnb.nn.Linear8bitLt if bits == 8 else bnb.nn.Linear4bit
-    mlm = tiny_mlm("llava_next", quantization=Quantization(bits=bits, compute_dtype="float32").to_bnb_config())
+    mlm = tiny_mlm("llava_next", quantization=Quantization(bits=bits, compute_dtype="float32"))
     lm_linear = mlm.decoder_layers()[0].self_attn.q_proj
     assert isinstance(lm_linear, layer_type)
     assert not any(isinstance(m, layer_type) for m in mlm.model.model.vision_tower.modules())

@@ -62,27 +62,47 @@ def test_images_before_the_question(tiny_mlm, family, make_image):
     assert text.rindex(mlm.adapter.image_placeholder) < text.index("Which is brighter?")
 
 
-def test_truncation_that_cuts_an_image_raises(tiny_mlm, family, make_image):
+QUESTION = "Which of the two images shows the brighter object, counting every pixel of it carefully?"
+
+
+@pytest.mark.parametrize("with_answer", [True, False])
+def test_max_length_shortens_only_the_question(tiny_mlm, family, make_image, with_answer):
+    """Over max_length, a prompt loses the end of its question text only: prefix, images, template and answer
+    stay whole (a training row never loses its answer tokens)."""
     mlm = tiny_mlm(family)
-    batch = mlm.encode(two_prompts(make_image))
-    padding = batch.input_ids.shape[1] - batch.inputs["attention_mask"].sum(1)
-    # last image token of each row, counted from the row's first real token
-    last_image_token = max(row[-1].stop - int(padding[row[-1].batch]) for row in batch.spans)
-    with pytest.raises(ImageSpanTruncationError, match="max_length"):
-        mlm.encode(two_prompts(make_image), max_length=last_image_token - 3)
-    mlm.encode(two_prompts(make_image), max_length=last_image_token)  # the image just fits
-
-
-def test_truncation_of_text_only_keeps_spans_valid(tiny_mlm, make_image):
-    mlm = tiny_mlm("llava_onevision")
-    prompts = [Prompt([make_image(32, 32)], "x" * 60), Prompt([make_image(32, 32)], "short")]
+    answer = "(B) the second" if with_answer else None
+    prompts = [Prompt([make_image(40, 30, 1), make_image(32, 32, 2)], QUESTION, prefix="Look.", answer=answer),
+               Prompt([make_image(32, 32, 3)], "Q?", answer="(A)" if with_answer else None)]
     full = mlm.encode(prompts)
-    cut = mlm.encode(prompts, max_length=full.input_ids.shape[1] - 20)
-    assert cut.input_ids.shape[1] == full.input_ids.shape[1] - 20
+    max_length = int(full.inputs["attention_mask"][0].sum()) - 15
+    with pytest.warns(UserWarning, match="question text of 1 of 2 prompt"):
+        cut = mlm.encode(prompts, max_length=max_length)
+    assert cut.shortened == [0] and cut.input_ids.shape[1] <= max_length
+    assert int(cut.inputs["attention_mask"][0].sum()) >= max_length - 3  # cut by what was needed, not more
+    assert "Look." in cut.texts[0] and cut.texts[1] == full.texts[1]
+    assert QUESTION not in cut.texts[0] and QUESTION[:20] in cut.texts[0]  # its end was cut, its start kept
+    assert [[s.length for s in row] for row in cut.spans] == [[s.length for s in row] for row in full.spans]
     for row in cut.spans:
         for span in row:
             assert (cut.input_ids[span.batch, span.start : span.stop] == mlm.image_token_id).all()
-    mlm.model(**cut.inputs)  # still a valid batch
+    if with_answer:  # the same answer tokens, still at the end of each row
+        for b in range(2):
+            got = cut.inputs["labels"][b][cut.inputs["labels"][b] != IGNORE_INDEX]
+            assert torch.equal(got, full.inputs["labels"][b][full.inputs["labels"][b] != IGNORE_INDEX])
+    with torch.no_grad():
+        mlm.model(**cut.inputs)  # still a valid batch
+
+
+def test_max_length_that_would_cut_images_or_answer_names_the_row(tiny_mlm, family, make_image):
+    mlm = tiny_mlm(family)
+    prompts = [Prompt([make_image(32, 32, 3)], "Q?", answer="(A)"),
+               Prompt([make_image(40, 30, 1), make_image(32, 32, 2)], QUESTION, answer="(B) the second")]
+    bare = mlm.encode([Prompt(prompts[1].images, "", answer=prompts[1].answer)])
+    needed = int(bare.inputs["attention_mask"][0].sum())  # oracle: the row with no question text at all
+    with pytest.raises(ImageSpanTruncationError, match=rf"prompt 1 needs {needed} tokens with no question text"):
+        mlm.encode(prompts, max_length=needed - 1)
+    fits = mlm.encode(prompts, max_length=needed)  # exactly enough: the question is dropped, nothing else
+    assert fits.input_ids.shape[1] == needed and fits.shortened == [1]
 
 
 def test_labels_cover_the_answer_only(tiny_mlm, family, make_image):

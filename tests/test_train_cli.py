@@ -82,7 +82,7 @@ def test_fit_then_validate_and_test_from_checkpoint(tmp_path, capsys) -> None:
     capsys.readouterr()
     for sub in ("validate", "test"):
         assert main([sub, str(TINY_PREFIX), *common, f"--ckpt_path={ckpts[-1]}"]) == 0
-        assert f"{'val' if sub == 'validate' else 'test'}/agnosticism/layer_3" in capsys.readouterr().out
+        assert f"{'val' if sub == 'validate' else 'test'}/split_keys/agnosticism/layer_3" in capsys.readouterr().out
     assert main(["validate", str(TINY_PREFIX), *common, f"--ckpt_path={tmp_path / 'missing.ckpt'}"]) == 2
     assert "missing.ckpt' does not exist" in capsys.readouterr().err
 

@@ -19,3 +19,29 @@ def test_late_lora_recipe_under_ddp_spawn(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "peft_adapter_0" / "adapter_model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.glob("**/*.ckpt"))  # checkpoints written by rank 0
+
+
+def _run_fit(script_args: list[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "helpers_train_ddp.py"), *script_args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_ddp_equals_one_process_with_answers_of_different_lengths(tmp_path) -> None:
+    """2-process DDP (2 x 2 rows) trains the same tensors as one process on the same 4-row global batches:
+    the loss is normalised by the global answer-token count. Control: per-process means train elsewhere."""
+    import torch
+
+    from helpers_train_ddp import write_data
+
+    data = str(tmp_path / "data")
+    write_data(data)
+    _run_fit([data, str(tmp_path / "one.pt"), "--devices", "1"], tmp_path)
+    _run_fit([data, str(tmp_path / "ddp.pt"), "--devices", "2"], tmp_path)
+    _run_fit([data, str(tmp_path / "control.pt"), "--devices", "2", "--per_process_mean"], tmp_path)
+    one, ddp, control = (torch.load(tmp_path / f"{n}.pt", weights_only=True)["interventions.0.vectors"]
+                         for n in ("one", "ddp", "control"))
+    torch.testing.assert_close(ddp, one, rtol=1e-5, atol=1e-6)
+    assert (control - one).abs().max() > 1e-3

@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from helpers_train import NaNAfter, blink_source
+from helpers_train import InfGradAt, NaNAfter, blink_source
 from vkvtrain import load_mlm
 from vkvtrain.checkpointing import restore_into
 from vkvtrain.data.training import DataSource, load_rows
@@ -127,11 +127,46 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch) -> None:
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path) -> None:
     module = VKVModule(interventions=[LearnedPrefix(num_tokens=2), NaNAfter(step=2)], learning_rate=0.05)
-    with pytest.raises(NonFiniteLossError, match=rf"global step 2.*last good checkpoint is kept in {re.escape(str(tmp_path / 'ckpt'))}"):
+    last = tmp_path / "ckpt" / "last.ckpt"
+    with pytest.raises(NonFiniteLossError, match=rf"global step 2.*last good checkpoint is {re.escape(str(last))}"):
         _trainer(tmp_path, 6, every=1).fit(module, _data())
-    kept = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    kept = torch.load(last, weights_only=True)
     assert kept["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values())
+
+
+def test_nonfinite_parameters_after_a_step_are_never_checkpointed(tmp_path) -> None:
+    """A finite loss whose step makes a tensor inf/NaN: the run stops at that step, before the checkpoint of
+    that step is written; every checkpoint on disk is finite and the message names one that exists."""
+    module = VKVModule(interventions=[LearnedPrefix(num_tokens=2), InfGradAt(step=2)], learning_rate=0.05)
+    with pytest.raises(NonFiniteLossError, match=r"interventions\.1\.scale.*non-finite at global step 2") as error:
+        _trainer(tmp_path, 6, every=1).fit(module, _data())
+    named = Path(re.search(r"--ckpt_path (\S+)\.$", str(error.value)).group(1))
+    assert named.is_file()
+    saved = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert saved and max(torch.load(p, weights_only=True)["global_step"] for p in saved) == 2
+    for path in saved:
+        assert all(torch.isfinite(v).all() for v in torch.load(path, weights_only=True)["state_dict"].values())
+
+
+def test_nan_before_any_checkpoint_says_none_exists(tmp_path) -> None:
+    module = VKVModule(interventions=[LearnedPrefix(num_tokens=2), NaNAfter(step=0)], learning_rate=0.05)
+    with pytest.raises(NonFiniteLossError, match="No checkpoint was written before this step"):
+        _trainer(tmp_path, 3, every=2).fit(module, _data())
+
+
+def test_changed_learning_rate_on_resume_is_applied(tmp_path, capsys) -> None:
+    """Resuming with a lower model.learning_rate (as the NaN message advises) trains with it, not with the
+    rate stored in the checkpoint's optimizer state."""
+    L.seed_everything(0)
+    _trainer(tmp_path / "a", 2, every=2).fit(
+        VKVModule(interventions=[LearnedPrefix(num_tokens=2)], learning_rate=0.05), _data())
+    ckpt = tmp_path / "a" / "ckpt" / "last.ckpt"
+    resumed = VKVModule(interventions=[LearnedPrefix(num_tokens=2)], learning_rate=0.001)
+    trainer = _trainer(tmp_path / "b", 3)
+    trainer.fit(resumed, _data(), ckpt_path=ckpt)
+    assert [g["lr"] for g in trainer.optimizers[0].param_groups] == [0.001]
+    assert "model.learning_rate 0.001 applied (the checkpoint's optimizer had 0.05)" in capsys.readouterr().err
 
 
 def test_missing_split_and_column_errors(tmp_path) -> None:
@@ -179,15 +214,17 @@ def test_corrupt_image_row_names_row_and_column(tmp_path) -> None:
 def test_answer_window_loss_equals_transformers_loss(tiny_mlm, family) -> None:
     from vkvtrain.data.collate import TrainingCollator
     from vkvtrain.data.training import ExampleDataset
-    from vkvtrain.module import answer_forward, output_correct
+    from vkvtrain.answer_loss import answer_forward, output_correct
 
     mlm = tiny_mlm(family)
     rows = ExampleDataset(blink_source("val", n=1))
     batch = TrainingCollator(mlm)([rows[0], rows[1]])  # different lengths: left padding differs per row
     with torch.no_grad():
         full = mlm.model(**batch.inputs)
-        out, loss, window = answer_forward(mlm.model, batch.inputs)
+        forward = answer_forward(mlm.model, batch.inputs)
+    out, loss, window = forward.output, forward.loss, forward.targets
     torch.testing.assert_close(loss, full.loss, rtol=1e-5, atol=1e-5)
+    assert int(forward.n_tokens) == int((batch.inputs["labels"] != -100).sum())
     labels = batch.inputs["labels"]
     assert torch.equal(output_correct(out.logits[:, :-1], window), output_correct(full.logits[:, :-1], labels[:, 1:]))
     assert out.logits.shape[1] < full.logits.shape[1] // 4

@@ -48,11 +48,11 @@ def test_probe_metrics_per_layer_and_heatmap_in_offline_run(single_run: Path) ->
         for task, metrics in probe_metrics.items():
             for metric in metrics:
                 assert f"val/probe/{task}/{metric}/layer_{layer}" in names, (task, metric, layer)
-        assert f"val/agnosticism/layer_{layer}" in names
+        assert f"val/split_keys/agnosticism/layer_{layer}" in names
         assert f"val/gap_all/Visual_Correspondence/layer_{layer}" in names
         assert f"val/probe_accuracy/Visual_Correspondence/layer_{layer}" in names
-    values = [row[f"val/agnosticism/layer_{layer}"] for row in rows for layer in range(N_LAYERS)
-              if f"val/agnosticism/layer_{layer}" in row]
+    values = [row[f"val/split_keys/agnosticism/layer_{layer}"] for row in rows for layer in range(N_LAYERS)
+              if f"val/split_keys/agnosticism/layer_{layer}" in row]
     assert len(values) == N_LAYERS and all(0.0 <= v <= 1.0 for v in values)
     heatmap = [row for row in rows if "val/layer_task_heatmap/_type" in row]
     assert heatmap and heatmap[0]["val/layer_task_heatmap/_type"] == "images/separated"

@@ -260,7 +260,7 @@ def capture(
         return hook
 
     def on_attention(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
-        if not kv._active or kv._rotary is not None:
+        if not kv._active or kv._rotary is not None or kv._index is None:
             return
         cos, sin = kwargs["position_embeddings"]  # each (B or 1, L, head_dim)
         kv._rotary = (_at(cos, kv._index), _at(sin, kv._index))
@@ -271,21 +271,23 @@ def capture(
         if not kv._active:
             return
         hidden = kwargs.get("hidden_states", args[0] if args else None)
+        assert isinstance(hidden, torch.Tensor)
         if kv.grad:  # gathered on read, as in `gather`
             kv._raw_embeds = hidden
-        else:
+        elif kv._index is not None:
             kv._embeds = hidden[kv._index].detach()
 
     try:
-        handles.append(model.model.register_forward_pre_hook(on_model_inputs, with_kwargs=True))
+        handles.append(model.get_submodule("model").register_forward_pre_hook(on_model_inputs, with_kwargs=True))
         for layer in chosen:
-            attention = decoder_layers[layer].self_attn
+            attention = decoder_layers[layer].get_submodule("self_attn")
             if keys:
-                handles.append(attention.k_proj.register_forward_hook(gather("keys_pre_rope", layer)))
+                handles.append(attention.get_submodule("k_proj").register_forward_hook(gather("keys_pre_rope", layer)))
             if values:
-                handles.append(attention.v_proj.register_forward_hook(gather("values", layer)))
+                handles.append(attention.get_submodule("v_proj").register_forward_hook(gather("values", layer)))
         if keys and chosen:
-            handles.append(decoder_layers[chosen[0]].self_attn.register_forward_pre_hook(on_attention, with_kwargs=True))
+            first = decoder_layers[chosen[0]].get_submodule("self_attn")
+            handles.append(first.register_forward_pre_hook(on_attention, with_kwargs=True))
         if input_embeds:
             handles.append(decoder_layers[0].register_forward_pre_hook(on_first_layer, with_kwargs=True))
         if vision_features:

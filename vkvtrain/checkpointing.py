@@ -2,19 +2,24 @@
 
 A checkpoint (Lightning format) holds ``state_dict`` = the trainable tensors of the interventions only
 (``interventions.<i>.<name>``) and ``checkpoint["vkvtrain"]`` = {"recipe": resolved YAML, "model": the model
-id trained, "interventions": [{"class_path", "init_args"}, ...]}. It loads with ``torch.load(weights_only=True)``.
+id trained, "interventions": [{"class_path", "init_args"}, ...]}. It loads with ``torch.load(weights_only=True)``,
+and a checkpoint's class paths name only vkvtrain's own interventions unless the caller trusts others by name:
+nothing a checkpoint says is imported (a module planted next to a checkpoint never runs).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vkvtrain.errors import RecipeError
-from vkvtrain.interventions.base import Intervention
+from vkvtrain.interventions import KNOWN_INTERVENTIONS
+from vkvtrain.interventions.base import Intervention, attach_interventions
+from vkvtrain.mlm import MLM
 
 CHECKPOINT_KEY = "vkvtrain"
 
@@ -46,35 +51,39 @@ def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def build_intervention(spec: dict[str, Any]) -> Intervention:
-    """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}``; only Intervention subclasses."""
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Intervention)):
-        raise RecipeError(f"{spec['class_path']!r} in the checkpoint is not a vkvtrain Intervention.")
+def build_intervention(spec: dict[str, Any], trusted: Sequence[str] = ()) -> Intervention:
+    """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}``.
+
+    ``class_path`` must name one of vkvtrain's interventions (`vkvtrain.interventions.KNOWN_INTERVENTIONS`) or
+    be listed in ``trusted`` (class paths a user wrote in their own recipe or config); nothing else is imported.
+    """
+    class_path = str(spec.get("class_path", ""))
+    cls = KNOWN_INTERVENTIONS.get(class_path)
+    if cls is None:
+        if class_path not in trusted:
+            raise RecipeError(
+                f"intervention class {class_path!r} is not one of vkvtrain's ({', '.join(sorted(set(c.__name__ for c in KNOWN_INTERVENTIONS.values())))}); "
+                "it is not imported. If it is your own class, name it in your config's interventions so it is trusted."
+            )
+        module_name, _, class_name = class_path.rpartition(".")
+        found = getattr(importlib.import_module(module_name), class_name, None)
+        if not (isinstance(found, type) and issubclass(found, Intervention)):
+            raise RecipeError(f"{class_path!r} is not a vkvtrain Intervention subclass.")
+        cls = found
     return cls(**spec.get("init_args", {}))
 
 
-def restore_into(mlm: Any, ckpt_path: str | Path) -> list[Intervention]:
+def restore_into(mlm: MLM, ckpt_path: str | Path, trusted: Sequence[str] = ()) -> list[Intervention]:
     """Attach the checkpoint's interventions to ``mlm`` with their trained tensors; returns them in order.
 
     Prompts must carry ``prompt_prefix(interventions)`` before the images when a learned prefix is present.
+    ``trusted``: class paths beyond vkvtrain's own that the checkpoint may name (see `build_intervention`).
     """
     checkpoint = read_checkpoint(ckpt_path)
-    interventions = [build_intervention(spec) for spec in checkpoint[CHECKPOINT_KEY]["interventions"]]
-    for intervention in interventions:
-        intervention.attach(mlm)
+    interventions = [build_intervention(spec, trusted) for spec in checkpoint[CHECKPOINT_KEY]["interventions"]]
+    attach_interventions(mlm, interventions)
     load_intervention_states(interventions, checkpoint["state_dict"])
-    device = mlm.device
-    for intervention in interventions:
-        intervention.to(device)
     return interventions
-
-
-def prompt_prefix(interventions: list[Intervention]) -> str | None:
-    """The text the interventions need right before the image(s) (e.g. learned-prefix placeholders)."""
-    parts = [p for iv in interventions if (p := iv.prompt_prefix())]
-    return "".join(parts) or None
 
 
 def load_intervention_states(interventions: list[Intervention], state: dict[str, torch.Tensor]) -> None:

@@ -99,11 +99,11 @@ def kv_command(
 
 def tiny_command(family: str, out: str, size: str = "tiny") -> Path:
     """Write a tiny checkpoint of `family` as a standard HF folder."""
-    from vkvtrain.models.registry import FAMILIES
+    from vkvtrain.models.registry import families
     from vkvtrain.models.tiny import build_tiny
 
-    if family not in FAMILIES:
-        raise VKVError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}.")
+    if family not in families():
+        raise VKVError(f"unknown family {family!r}; choose one of {', '.join(families())}.")
     return build_tiny(family, out, size=size)
 
 

@@ -10,7 +10,8 @@ and then inserts the prefix right before the first image placeholder of the rend
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
@@ -20,7 +21,6 @@ from vkvtrain.errors import ImageSpanTruncationError, PromptError
 from vkvtrain.models.loaded import LoadedMLM
 
 IGNORE_INDEX = -100
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "labels")
 
 
 @dataclass
@@ -71,6 +71,7 @@ class EncodedBatch:
     inputs: dict[str, Any]
     spans: list[list[ImageSpan]]
     texts: list[str] = field(default_factory=list)
+    shortened: list[int] = field(default_factory=list)  # rows whose question text max_length shortened
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -83,7 +84,7 @@ class EncodedBatch:
             if isinstance(value, torch.Tensor):
                 value = value.to(device, dtype=dtype if dtype is not None and value.is_floating_point() else None)
             moved[key] = value
-        return EncodedBatch(inputs=moved, spans=self.spans, texts=self.texts)
+        return EncodedBatch(inputs=moved, spans=self.spans, texts=self.texts, shortened=self.shortened)
 
 
 def render(mlm: LoadedMLM, prompt: Prompt) -> str:
@@ -114,8 +115,10 @@ def encode(mlm: LoadedMLM, prompts: Sequence[Prompt], max_length: int | None = N
 
     Args:
         prompts: B prompts, each with >= 1 image.
-        max_length: longest sequence kept. Longer prompts lose text from their end; a prompt whose image
-            tokens would be cut raises `ImageSpanTruncationError` instead.
+        max_length: longest sequence kept. A longer prompt loses tokens from the END OF ITS QUESTION TEXT only
+            (a warning says how many prompts); its prefix, image spans, chat template and answer are never cut.
+            A prompt that is too long even with no question text raises `ImageSpanTruncationError` naming it
+            and the max_length it needs.
     Returns:
         `EncodedBatch` with inputs (input_ids (B, L), attention_mask (B, L), pixel values and the family's
         image metadata, and labels (B, L) when every prompt has an answer) and the spans.
@@ -125,6 +128,34 @@ def encode(mlm: LoadedMLM, prompts: Sequence[Prompt], max_length: int | None = N
     with_answer = [p.answer is not None for p in prompts]
     if any(with_answer) and not all(with_answer):
         raise PromptError("either every prompt of a batch has an answer (training) or none has.")
+    prompts = list(prompts)
+    texts, inputs = _tokenize(mlm, prompts)
+    shortened: set[int] = set()
+    for _ in range(_FIT_ATTEMPTS):
+        over = _rows_over(inputs, max_length)
+        if not over:
+            break
+        assert max_length is not None
+        for row in over:
+            prompts[row] = _shorter_question(mlm, prompts[row], row, int(inputs["attention_mask"][row].sum()),
+                                             max_length)
+            shortened.add(row)
+        texts, inputs = _tokenize(mlm, prompts)
+    else:
+        if _rows_over(inputs, max_length):
+            raise ImageSpanTruncationError(f"max_length={max_length}: prompts {_rows_over(inputs, max_length)} do "
+                                           "not fit after shortening their questions; raise max_length.")
+    if shortened:
+        warnings.warn(f"max_length={max_length}: the question text of {len(shortened)} of {len(prompts)} prompt(s) "
+                      "was shortened from its end (images, prefix and answers are kept whole).", stacklevel=2)
+    spans = locate_images(mlm, inputs, [len(p.images) for p in prompts])
+    return EncodedBatch(inputs=inputs, spans=spans, texts=texts, shortened=sorted(shortened))
+
+
+_FIT_ATTEMPTS = 4  # re-tokenizing a cut question can merge differently at the cut; a few rounds settle it
+
+
+def _tokenize(mlm: LoadedMLM, prompts: Sequence[Prompt]) -> tuple[list[str], dict[str, Any]]:
     texts = [render(mlm, p) for p in prompts]
     inputs = dict(
         mlm.processor(
@@ -132,12 +163,28 @@ def encode(mlm: LoadedMLM, prompts: Sequence[Prompt], max_length: int | None = N
             return_tensors="pt",
         )
     )
-    if all(with_answer):
+    if all(p.answer is not None for p in prompts):
         inputs["labels"] = answer_labels(mlm, inputs["input_ids"], [p.answer or "" for p in prompts])
-    if max_length is not None and inputs["input_ids"].shape[1] > max_length:
-        inputs = truncate(mlm, inputs, max_length)
-    spans = locate_images(mlm, inputs, [len(p.images) for p in prompts])
-    return EncodedBatch(inputs=inputs, spans=spans, texts=texts)
+    return texts, inputs
+
+
+def _rows_over(inputs: dict[str, Any], max_length: int | None) -> list[int]:
+    if max_length is None:
+        return []
+    return [row for row, n in enumerate(inputs["attention_mask"].sum(1).tolist()) if n > max_length]
+
+
+def _shorter_question(mlm: LoadedMLM, prompt: Prompt, row: int, length: int, max_length: int) -> Prompt:
+    """``prompt`` with its question text cut by the ``length - max_length`` tokens it is over, from its end."""
+    question = mlm.tokenizer(prompt.text, add_special_tokens=False)["input_ids"]
+    if not question:
+        raise ImageSpanTruncationError(
+            f"prompt {row} needs {length} tokens with no question text (its images, prefix, answer and chat "
+            f"template); max_length={max_length} would cut an image span or the answer. Raise max_length to at "
+            f"least {length}, or use smaller / fewer images."
+        )
+    keep = max(0, len(question) - (length - max_length))
+    return replace(prompt, text=str(mlm.tokenizer.decode(question[:keep])))
 
 
 def answer_labels(mlm: LoadedMLM, input_ids: torch.Tensor, answers: Sequence[str]) -> torch.Tensor:
@@ -153,35 +200,6 @@ def answer_labels(mlm: LoadedMLM, input_ids: torch.Tensor, answers: Sequence[str
             )
         labels[row, -n:] = input_ids[row, -n:]
     return labels
-
-
-def truncate(mlm: LoadedMLM, inputs: dict[str, Any], max_length: int) -> dict[str, Any]:
-    """Cut every row to `max_length` tokens from its end; refuse when an image token would be cut."""
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    lengths = mask.sum(1)
-    image_id = mlm.image_token_id
-    for row in range(ids.shape[0]):
-        real = ids[row, ids.shape[1] - int(lengths[row]):]
-        image_at = (real == image_id).nonzero()
-        if len(image_at) and int(image_at[-1]) >= max_length:
-            raise ImageSpanTruncationError(
-                f"prompt {row} is {int(lengths[row])} tokens and its last image token is at {int(image_at[-1])}; "
-                f"max_length={max_length} would cut its image span. Raise max_length to at least "
-                f"{int(image_at[-1]) + 1 + 8}, or use smaller / fewer images."
-            )
-    pads = {"input_ids": mlm.tokenizer.pad_token_id, "attention_mask": 0, "mm_token_type_ids": 0, "labels": IGNORE_INDEX}
-    out = dict(inputs)
-    for key in SEQUENCE_KEYS:
-        if key not in inputs:
-            continue
-        old = inputs[key]
-        new = torch.full((old.shape[0], max_length), pads[key], dtype=old.dtype)
-        for row in range(old.shape[0]):
-            n = int(lengths[row])
-            real = old[row, old.shape[1] - n:][:max_length]
-            new[row, max_length - len(real):] = real
-        out[key] = new
-    return out
 
 
 def image_runs(input_ids: torch.Tensor, image_token_id: int) -> list[list[tuple[int, int]]]:

@@ -84,6 +84,10 @@ class BlinkQuestion:
         return LETTERS[: self.n_choices]
 
     @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    @property
     def answer_index(self) -> int | None:
         return None if self.answer is None else LETTERS.index(self.answer)
 

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import datasets
 from PIL import Image
+from torch.utils.data import Dataset
 
+from vkvtrain.data.synthetic_blink import questions_to_rows, synthetic_blink_questions
 from vkvtrain.errors import DatasetError
 from vkvtrain.images import decode_image, undecoded_image_columns
 
@@ -96,8 +99,6 @@ def check_columns(columns: list[str], spec: DataSource) -> None:
 
 
 def _pick_split(obj: Any, spec: DataSource) -> Any:
-    import datasets
-
     if isinstance(obj, (datasets.DatasetDict, dict)):
         if spec.split not in obj:
             raise DatasetError(
@@ -108,8 +109,6 @@ def _pick_split(obj: Any, spec: DataSource) -> Any:
 
 
 def _local(path: Path, spec: DataSource) -> Any:
-    import datasets
-
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         return _pick_split(datasets.load_from_disk(str(path)), spec)
     if path.is_file() and path.suffix == ".parquet":
@@ -127,8 +126,6 @@ def _local(path: Path, spec: DataSource) -> Any:
 
 
 def _hub(spec: DataSource) -> Any:
-    import datasets
-
     try:
         obj = datasets.load_dataset(spec.source, spec.subset, revision=spec.revision)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
@@ -141,10 +138,6 @@ def _hub(spec: DataSource) -> Any:
 
 
 def _synthetic(spec: DataSource) -> Any:
-    import datasets
-
-    from vkvtrain.data.synthetic_blink import questions_to_rows, synthetic_blink_questions
-
     url = urlparse(spec.source)
     if url.netloc != "blink":
         raise DatasetError(f"unknown synthetic source {spec.source!r}; use synthetic://blink?n_per_subtask=N.")
@@ -180,7 +173,7 @@ def to_example(row: dict[str, Any], spec: DataSource, index: int | None = None) 
     )
 
 
-class ExampleDataset:
+class ExampleDataset(Dataset[TrainingExample]):
     """Map-style dataset of TrainingExample over a ``datasets.Dataset`` (decoding happens per item)."""
 
     def __init__(self, spec: DataSource) -> None:

@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from vkvtrain.checkpointing import build_intervention, restore_into
 from vkvtrain.errors import RecipeError, VKVError
 from vkvtrain.evaluation.config import EvalConfig
+from vkvtrain.interventions import attach_interventions, calibrate_interventions, prompt_prefix
 
 
 def build_parser() -> Any:
@@ -76,13 +78,6 @@ def apply_checkpoint(mlm: Any, ckpt_path: str) -> str | None:
     """
     if not Path(ckpt_path).exists():
         raise RecipeError(f"ckpt_path {ckpt_path} does not exist")
-    try:
-        from vkvtrain.checkpointing import prompt_prefix, restore_into
-    except ImportError as error:
-        raise RecipeError(
-            "--ckpt_path needs vkvtrain.checkpointing.restore_into, which this installation does not provide "
-            f"({error}); evaluate the base model, or update vkvtrain"
-        ) from error
     return prompt_prefix(restore_into(mlm, ckpt_path))
 
 
@@ -110,28 +105,22 @@ def apply_interventions(mlm: Any, cfg: EvalConfig, questions: Sequence[Any]) -> 
     Returns, per intervention, its class path, init args and (when it has them) the blocked positions, so
     results.json says exactly what was applied.
     """
-    from vkvtrain.checkpointing import build_intervention, prompt_prefix
     from vkvtrain.evaluation.scoring import prompts_for
 
-    applied = []
     for spec in cfg.interventions:
         if "class_path" not in spec:
             raise RecipeError(f"interventions entry {spec} needs a class_path (and optional init_args), as in recipes")
-        intervention = build_intervention(spec)
-        intervention.attach(mlm)
-        intervention.to(mlm.device)
-        if getattr(intervention, "needs_calibration", False):
-            calibration = list(questions[: cfg.calibration_questions])
-            batches = [mlm.encode(prompts_for(calibration[i: i + cfg.batch_size], cfg.prompt)).to(mlm.device)
-                       for i in range(0, len(calibration), cfg.batch_size)]
-            intervention.calibrate(mlm, batches)
-        if (text := prompt_prefix([intervention])):
-            cfg.prompt.prefix = (cfg.prompt.prefix or "") + text
-        record: dict[str, Any] = {"class_path": spec["class_path"], "init_args": intervention.init_args()}
-        if hasattr(intervention, "blocked_positions"):
-            record["blocked_positions"] = {str(k): v for k, v in intervention.blocked_positions().items()}
-        applied.append(record)
-    return applied
+    # the config is the user's own file: the classes it names are trusted
+    interventions = [build_intervention(spec, trusted=[spec["class_path"]]) for spec in cfg.interventions]
+    attach_interventions(mlm, interventions)
+    if any(iv.needs_calibration for iv in interventions):
+        calibration = list(questions[: cfg.calibration_questions])
+        batches = [mlm.encode(prompts_for(calibration[i: i + cfg.batch_size], cfg.prompt)).to(mlm.device)
+                   for i in range(0, len(calibration), cfg.batch_size)]
+        calibrate_interventions(mlm, interventions, batches)
+    if (text := prompt_prefix(interventions)):
+        cfg.prompt.prefix = (cfg.prompt.prefix or "") + text
+    return [intervention.record() for intervention in interventions]
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:

@@ -16,14 +16,32 @@ A point (x, y) in [0, 1] maps to grid cell (floor(y*H), floor(x*W)) of the base-
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vkvtrain.data.blink import LETTERS, BlinkQuestion
+from vkvtrain.capture import KVCapture
+from vkvtrain.data.blink import LETTERS, Point
 from vkvtrain.prompts import ImageSpan
+
+
+class LatentQuestion(Protocol):
+    """What a latent probe reads of a question (a `BlinkQuestion`, or a validation row of a training run)."""
+
+    @property
+    def sub_task(self) -> str: ...
+    @property
+    def points(self) -> dict[str, dict[str, Point]] | None: ...
+    @property
+    def n_choices(self) -> int: ...
+    @property
+    def letters(self) -> str: ...
+    @property
+    def n_images(self) -> int: ...
+    @property
+    def answer_index(self) -> int | None: ...
 
 PROBES: dict[str, str] = {
     "Art_Style": "pooled",
@@ -52,19 +70,19 @@ def _cell(grid: Tensor, xy: tuple[float, float]) -> Tensor:
     return grid[:, row, col]
 
 
-def probe_kind(q: BlinkQuestion) -> str | None:
+def probe_kind(q: LatentQuestion) -> str | None:
     """Which probe applies to ``q`` ("pooled", "point") or None when none is defined for it."""
     kind = PROBES.get(q.sub_task)
-    if kind == "pooled" and len(q.images) == q.n_choices + 1:
+    if kind == "pooled" and q.n_images == q.n_choices + 1:
         return kind
-    if kind == "point" and q.points is not None and len(q.images) >= 2:
+    if kind == "point" and q.points is not None and q.n_images >= 2:
         marks2 = q.points.get("image_2", {})
         if "REF" in q.points.get("image_1", {}) and all(c in marks2 for c in q.letters):
             return kind
     return None
 
 
-def probe_scores(q: BlinkQuestion, grids: list[Tensor]) -> Tensor:
+def probe_scores(q: LatentQuestion, grids: list[Tensor]) -> Tensor:
     """(n_layers, n_choices) probe scores; ``grids[i]`` is image i's (n_layers, H, W, D) value grid."""
     kind = probe_kind(q)
     if kind == "pooled":
@@ -85,7 +103,7 @@ GridFn = Callable[[int, ImageSpan], Tensor]  # (b, span) -> (n_layers, H, W, D) 
 
 
 def _probe_correct(
-    questions: Sequence[BlinkQuestion], spans: list[list[ImageSpan]], grids_of: GridFn
+    questions: Sequence[LatentQuestion], spans: list[list[ImageSpan]], grids_of: GridFn
 ) -> list[Tensor | None]:
     out: list[Tensor | None] = []
     for b, q in enumerate(questions):
@@ -98,7 +116,7 @@ def _probe_correct(
 
 
 def probe_correct_batch(
-    questions: Sequence[BlinkQuestion], spans: list[list[ImageSpan]], cache: Any, layers: Sequence[int]
+    questions: Sequence[LatentQuestion], spans: list[list[ImageSpan]], cache: Any, layers: Sequence[int]
 ) -> list[Tensor | None]:
     """Per question: (n_layers,) bool, the probe's arg-max choice is the gold one; None without a probe.
 
@@ -107,7 +125,7 @@ def probe_correct_batch(
     return _probe_correct(questions, spans, lambda b, span: image_grid_values(cache, layers, b, span))
 
 
-def probe_correct_from_capture(questions: Sequence[BlinkQuestion], kv: Any) -> list[Tensor | None]:
+def probe_correct_from_capture(questions: Sequence[LatentQuestion], kv: KVCapture) -> list[Tensor | None]:
     """Like :func:`probe_correct_batch`, reading a ``mlm.capture(...)`` result at its captured layers.
 
     For training-time validation: feed ``torch.stack`` of the non-None results, with the output

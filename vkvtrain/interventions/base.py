@@ -2,17 +2,28 @@
 
 An intervention is attached to a loaded MLM (``attach``), may ask for image keys captured with gradients
 (``grad_layers``) and add an auxiliary loss (``loss``), may need to see each batch before the forward
-(``on_batch``: e.g. to know where the image spans are), and owns the trainable tensors that a checkpoint
-keeps (``trainable_state_dict`` / ``load_trainable_state_dict``). ``detach`` removes every hook it placed.
+(``on_batch``), may choose what it changes from data (``needs_calibration`` / ``calibrate``), owns the
+trainable tensors that a checkpoint keeps (``trainable_state_dict`` / ``load_trainable_state_dict``), can write
+a standard artifact of itself (``export``) and says what was applied (``record``). Every capability is a method
+of this base class with a no-op default, so callers never probe for attributes. ``detach`` removes every hook.
+
+`attach_interventions` is the one way interventions are put on a model: training, checkpoint restore and
+evaluation all go through it.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from vkvtrain.capture import KVCapture
+from vkvtrain.mlm import MLM
+from vkvtrain.prompts import EncodedBatch
 
 
 class Intervention(nn.Module):
@@ -26,13 +37,16 @@ class Intervention(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._mlm: Any = None
+        self._mlm: MLM | None = None
 
     @property
-    def attached(self) -> bool:
-        return self._mlm is not None
+    def mlm(self) -> MLM:
+        """The MLM this intervention is attached to."""
+        if self._mlm is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached: call attach(mlm) first.")
+        return self._mlm
 
-    def attach(self, mlm: Any) -> None:
+    def attach(self, mlm: MLM) -> None:
         """Install this intervention on ``mlm`` (hooks, adapters, tokens). Called once, after loading."""
         self._mlm = mlm
 
@@ -51,11 +65,21 @@ class Intervention(nn.Module):
         """LM layers whose image keys ``loss`` reads; captured with ``grad=True`` during training."""
         return []
 
-    def on_batch(self, batch: Any) -> None:
+    def on_batch(self, batch: EncodedBatch) -> None:
         """See the encoded batch (``batch.spans``...) right before the model's forward."""
 
-    def loss(self, kv: Any, batch: Any) -> torch.Tensor | None:
-        """Auxiliary loss from captured KV (``kv.image(layer, b, i).keys`` with gradients), or None."""
+    def loss(self, kv: KVCapture | None, batch: EncodedBatch) -> torch.Tensor | None:
+        """Auxiliary loss from KV captured at ``grad_layers`` (``kv.image(layer, b, i).keys`` with gradients;
+        None when no intervention asked for layers), or None."""
+        return None
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether ``calibrate`` must run on data before this intervention can act."""
+        return False
+
+    def calibrate(self, mlm: MLM, batches: Sequence[EncodedBatch]) -> Any:
+        """Choose what to change from encoded batches of real prompts (their answers unused); returns the choice."""
         return None
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -80,6 +104,11 @@ class Intervention(nn.Module):
         """Trainable parameters living outside this module (e.g. LoRA weights injected into the MLM)."""
         return []
 
+    def export(self, parent: Path, index: int) -> Path | None:
+        """Write intervention number ``index`` of a run in a standard format other tools load (e.g. a peft
+        adapter folder) inside ``parent``; returns what was written, or None when there is no such format."""
+        return None
+
     def init_args(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this intervention (stored in checkpoints; plain values only)."""
         names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
@@ -89,3 +118,35 @@ class Intervention(nn.Module):
         """``{"class_path": ..., "init_args": ...}``, the recipe form of this intervention."""
         cls = type(self)
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.init_args()}
+
+    def record(self) -> dict[str, Any]:
+        """What was applied, for results files: the spec plus anything chosen from data (e.g. positions)."""
+        return self.spec()
+
+
+def attach_interventions(mlm: MLM, interventions: Iterable[Intervention]) -> None:
+    """Attach each intervention to ``mlm`` in order and move its tensors to the model's device."""
+    for intervention in interventions:
+        intervention.attach(mlm)
+        intervention.to(mlm.device)
+
+
+def prompt_prefix(interventions: Iterable[Intervention]) -> str | None:
+    """The text the interventions need right before the image(s) (e.g. learned-prefix placeholders)."""
+    parts = [p for iv in interventions if (p := iv.prompt_prefix())]
+    return "".join(parts) or None
+
+
+def calibrate_interventions(mlm: MLM, interventions: Iterable[Intervention],
+                            batches: Sequence[EncodedBatch]) -> dict[str, Any]:
+    """Run ``calibrate`` of every intervention that needs it, the model in eval mode; returns the choices
+    by ``"<index>:<class name>"``."""
+    pending = [(i, iv) for i, iv in enumerate(interventions) if iv.needs_calibration]
+    if not pending:
+        return {}
+    was_training = mlm.model.training
+    mlm.model.eval()
+    try:
+        return {f"{i}:{type(iv).__name__}": iv.calibrate(mlm, batches) for i, iv in pending}
+    finally:
+        mlm.model.train(was_training)

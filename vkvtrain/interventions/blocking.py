@@ -16,7 +16,7 @@ blocking artifacts can be told apart from a gain from blocking any that many key
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -26,8 +26,10 @@ from vkvtrain.errors import RecipeError
 from vkvtrain.interventions.base import Intervention
 from vkvtrain.interventions.key_artifacts import layer_keys
 from vkvtrain.layers import resolve_layers
-from vkvtrain.models.base import unwrap_model
-from vkvtrain.prompts import image_runs
+from vkvtrain.mlm import MLM
+from vkvtrain.models.base import submodule
+from vkvtrain.probes.functional import input_agnosticism
+from vkvtrain.prompts import EncodedBatch, image_runs
 
 
 def block_mask(
@@ -66,7 +68,7 @@ def _largest_same_grid_group(parts: list[torch.Tensor]) -> torch.Tensor | None:
     Qwen2.5-VL's dynamic resolution, have other positions); (M, N, d) or None when there are none."""
     if not parts:
         return None
-    sizes = Counter()
+    sizes: Counter[int] = Counter()
     for part in parts:
         sizes[part.shape[1]] += part.shape[0]
     n_tokens = sizes.most_common(1)[0][0]
@@ -98,6 +100,7 @@ class AttentionBlocking(Intervention):
         self.seed = seed
         self._resolved: list[int] = []
         # (len(layers), K) span-relative positions per resolved layer; -1 pads; empty until known.
+        self.positions: torch.Tensor
         self.register_buffer("positions", torch.empty(0, 0, dtype=torch.long))
         self._given = None if positions is None else sorted(set(int(p) for p in positions))
         self._blocked: torch.Tensor | None = None
@@ -107,16 +110,16 @@ class AttentionBlocking(Intervention):
     def needs_calibration(self) -> bool:
         return self.positions.numel() == 0
 
-    def attach(self, mlm: Any) -> None:
+    def attach(self, mlm: MLM) -> None:
         super().attach(mlm)
         self._resolved = resolve_layers(self.layers, mlm.num_layers, type(self).__name__)
         if self._given is not None and self.positions.numel() == 0:
             self.positions = torch.tensor([self._given] * len(self._resolved), dtype=torch.long)
-        inner = unwrap_model(mlm.model).model
+        inner = submodule(mlm.model, "model")
         self._hooks.append(inner.register_forward_pre_hook(self._on_model_inputs, with_kwargs=True))
         decoder_layers = mlm.decoder_layers()
         for row, layer in enumerate(self._resolved):
-            attn = decoder_layers[layer].self_attn
+            attn = decoder_layers[layer].get_submodule("self_attn")
             self._hooks.append(attn.register_forward_pre_hook(self._hook(row), with_kwargs=True))
 
     def set_positions(self, per_layer: dict[int, list[int]]) -> None:
@@ -130,18 +133,20 @@ class AttentionBlocking(Intervention):
         """Span-relative blocked positions per resolved layer."""
         return {layer: [int(p) for p in self.positions[r] if p >= 0] for r, layer in enumerate(self._resolved)}
 
+    def record(self) -> dict[str, Any]:
+        """The spec plus the positions actually blocked (given or calibrated), per layer."""
+        return {**self.spec(), "blocked_positions": {str(k): v for k, v in self.blocked_positions().items()}}
+
     @torch.no_grad()
-    def calibrate(self, mlm: Any, batches: Iterable[Any]) -> dict[int, list[int]]:
+    def calibrate(self, mlm: MLM, batches: Sequence[EncodedBatch]) -> dict[int, list[int]]:
         """Pick the ``top_k`` most input-agnostic key positions per layer (``probes.input_agnosticism``), or
         ``top_k`` random ones per layer for ``selection="random"``.
 
         ``batches`` are encoded batches (``mlm.encode`` output) holding >= 2 same-grid images in total.
         Keys are read as cached (post-RoPE), as attention sees them.
         """
-        from vkvtrain.probes.functional import input_agnosticism
-
         keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in self._resolved}
-        blocked, self._enabled = self._enabled, False  # calibrate on the unblocked model
+        was_enabled, self._enabled = self._enabled, False  # calibrate on the unblocked model
         try:
             for batch in batches:
                 with mlm.capture(layers=self._resolved) as kv:
@@ -151,18 +156,18 @@ class AttentionBlocking(Intervention):
                     if k is not None:
                         keys[layer].append(k)
         finally:
-            self._enabled = blocked
+            self._enabled = was_enabled
         chosen = {}
         generator = torch.Generator().manual_seed(self.seed)
         for layer, parts in keys.items():
             stacked = _largest_same_grid_group(parts)
             if stacked is None or stacked.shape[0] < 2:
                 raise RecipeError("AttentionBlocking.calibrate needs >= 2 same-grid images; give more batches.")
-            n_positions, k = stacked.shape[1], min(self.top_k, stacked.shape[1])
+            n_positions, n_pick = stacked.shape[1], min(self.top_k, stacked.shape[1])
             if self.selection == "random":
-                chosen[layer] = sorted(torch.randperm(n_positions, generator=generator)[:k].tolist())
+                chosen[layer] = sorted(torch.randperm(n_positions, generator=generator)[:n_pick].tolist())
             else:
-                chosen[layer] = sorted(input_agnosticism(stacked).topk(k).indices.tolist())
+                chosen[layer] = sorted(input_agnosticism(stacked).topk(n_pick).indices.tolist())
         self.set_positions(chosen)
         return chosen
 
@@ -172,7 +177,7 @@ class AttentionBlocking(Intervention):
         if input_ids is None or not self._enabled:
             self._blocked = None
             return
-        image_id = self._mlm.image_token_id
+        image_id = self.mlm.image_token_id
         if not bool((input_ids == image_id).any()):
             cache = kwargs.get("past_key_values")
             if cache is None or int(cache.get_seq_length()) == 0:
@@ -195,6 +200,7 @@ class AttentionBlocking(Intervention):
             if self._blocked is None:
                 return args, kwargs
             hidden = kwargs.get("hidden_states", args[0] if args else None)
+            assert isinstance(hidden, torch.Tensor)
             q_len = hidden.shape[1]
             cache = kwargs.get("past_key_values")
             past_len = 0

@@ -24,13 +24,16 @@ between batch elements; post-RoPE ("keys", as cached) is available for prompts w
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
+from vkvtrain.capture import KVCapture
 from vkvtrain.errors import RecipeError
 from vkvtrain.interventions.base import Intervention
 from vkvtrain.layers import resolve_layers
+from vkvtrain.mlm import MLM
+from vkvtrain.prompts import EncodedBatch
 
 
 def shared_key_energy(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,14 +84,16 @@ class KeyArtifactSuppression(Intervention):
         self.key_kind = key_kind
         self._resolved: list[int] = []
 
-    def attach(self, mlm: Any) -> None:
+    def attach(self, mlm: MLM) -> None:
         super().attach(mlm)
         self._resolved = resolve_layers(self.layers, mlm.num_layers, type(self).__name__)
 
     def grad_layers(self) -> list[int]:
         return list(self._resolved)
 
-    def loss(self, kv: Any, batch: Any) -> torch.Tensor | None:
+    def loss(self, kv: KVCapture | None, batch: EncodedBatch) -> torch.Tensor | None:
+        if kv is None:
+            return None
         terms = [agnostic_fraction(keys) for keys in (layer_keys(kv, batch, layer, self.key_kind)
                                                        for layer in self._resolved) if keys is not None]
         if not terms:
@@ -96,7 +101,7 @@ class KeyArtifactSuppression(Intervention):
         return self.weight * torch.stack(terms).mean()
 
 
-def layer_keys(kv: Any, batch: Any, layer: int, kind: str, min_images: int = 2) -> torch.Tensor | None:
+def layer_keys(kv: KVCapture, batch: EncodedBatch, layer: int, kind: str, min_images: int = 2) -> torch.Tensor | None:
     """(M, N, d) base-grid keys of the batch's images sharing the most common grid shape; None if M < min_images."""
     grids = [kv.image(layer, span.batch, span.image).grid(kind) for row in batch.spans for span in row]
     if not grids:

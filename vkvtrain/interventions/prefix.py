@@ -10,13 +10,12 @@ because it prepends at sequence start and rewrites Qwen2.5-VL's positions as 1-D
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from vkvtrain.errors import RecipeError
 from vkvtrain.interventions.base import Intervention
+from vkvtrain.mlm import MLM
 
 PLACEHOLDER = "<|vkv_prefix|>"
 
@@ -61,7 +60,7 @@ class LearnedPrefix(Intervention):
     def prompt_prefix(self) -> str:
         return PLACEHOLDER * self.num_tokens
 
-    def attach(self, mlm: Any) -> None:
+    def attach(self, mlm: MLM) -> None:
         super().attach(mlm)
         tokenizer = mlm.tokenizer
         if PLACEHOLDER not in tokenizer.get_vocab():
@@ -70,13 +69,14 @@ class LearnedPrefix(Intervention):
         if len(ids) != 2 or ids[0] != ids[1]:
             raise RecipeError(f"The tokenizer splits the prefix placeholder {PLACEHOLDER!r} into {ids}.")
         self.placeholder_id = int(ids[0])
-        embedding: nn.Embedding = mlm.model.get_input_embeddings()
+        embedding = mlm.model.get_input_embeddings()
+        assert isinstance(embedding, nn.Embedding)
         if self.vectors.numel() == 0:
             self.vectors = nn.Parameter(self._initial_vectors(mlm, embedding))
         self._hooks.append(embedding.register_forward_pre_hook(self._swap_ids))
         self._hooks.append(embedding.register_forward_hook(self._swap_vectors))
 
-    def _initial_vectors(self, mlm: Any, embedding: nn.Embedding) -> torch.Tensor:
+    def _initial_vectors(self, mlm: MLM, embedding: nn.Embedding) -> torch.Tensor:
         weight = embedding.weight.detach()
         if self.init_text:
             ids = mlm.tokenizer.encode(self.init_text, add_special_tokens=False)

@@ -7,10 +7,11 @@ one line in `registry.py`. Everything else in vkvtrain asks the adapter, never t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from vkvtrain.errors import PromptError
 
@@ -24,7 +25,25 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The transformers model under a peft wrapper (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+    base = get_base() if callable(get_base) else model
+    assert isinstance(base, nn.Module)
+    return base
+
+
+def submodule(model: nn.Module, path: str) -> nn.Module:
+    """The module at dotted ``path`` of the transformers model under ``model`` (peft wrappers looked through)."""
+    return unwrap_model(model).get_submodule(path)
+
+
+def hf_config(model: nn.Module) -> Any:
+    """The transformers config of ``model`` (a dynamic attribute bag, so typed Any)."""
+    return getattr(unwrap_model(model), "config")
+
+
+class HookHandle(Protocol):
+    """Anything that removes the hooks it stands for (a torch RemovableHandle, or several together)."""
+
+    def remove(self) -> None: ...
 
 
 class FamilyAdapter(ABC):
@@ -33,33 +52,52 @@ class FamilyAdapter(ABC):
     Class attributes:
         family: short name used in `tiny://<family>` and in reports.
         model_type: the `config.model_type` this adapter serves.
+        model_class_name: the transformers class (an attribute of the `transformers` package).
+        processor_class: the processor class `from_pretrained` loads the checkpoint's processor with.
         image_placeholder: the text that marks one image in a rendered chat prompt (before expansion).
         turn_end: the text that closes an assistant turn (appended after a training answer).
+        lm_layers: dotted path of the LM decoder layers on the (unwrapped) transformers model.
+        vision_modules: full module names of the vision tower and projector (never quantized, never given LoRA).
     """
 
     family: ClassVar[str]
     model_type: ClassVar[str]
     model_class_name: ClassVar[str]
+    processor_class: ClassVar[type[ProcessorMixin]]
     image_placeholder: ClassVar[str]
     turn_end: ClassVar[str]
+    lm_layers: ClassVar[str] = "model.language_model.layers"
+    vision_modules: ClassVar[tuple[str, ...]]
 
     # --- model layout -------------------------------------------------------------------------
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The LM decoder layers, resolved at run time (also under peft wrappers)."""
-        return unwrap_model(model).model.language_model.layers
+        layers = submodule(model, self.lm_layers)
+        assert isinstance(layers, nn.ModuleList)
+        return layers
 
     def language_model(self, model: nn.Module) -> nn.Module:
-        return unwrap_model(model).model.language_model
+        """The module that holds the decoder layers (the LM body, without its head)."""
+        return submodule(model, self.lm_layers.rpartition(".")[0])
 
-    def text_config(self, model: nn.Module) -> Any:
-        return unwrap_model(model).config.get_text_config()
+    def text_config(self, model: nn.Module) -> PretrainedConfig:
+        config = hf_config(model)
+        assert isinstance(config, PretrainedConfig)
+        return config.get_text_config()
 
     def image_token_id(self, model: nn.Module) -> int:
-        config = unwrap_model(model).config
+        config = hf_config(model)
         token_id = getattr(config, "image_token_id", None)
         if token_id is None:
             token_id = getattr(config, "image_token_index")
         return int(token_id)
+
+    # --- offline checkpoints ------------------------------------------------------------------
+    @abstractmethod
+    def build_tiny(self, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+        """A randomly initialised model of this family at ``size`` ("tiny" or "mid", see
+        `vkvtrain.models.tiny_parts`) with a byte-level tokenizer, the family's image processor and its chat
+        template. Called under a fixed torch seed by `vkvtrain.models.tiny`."""
 
     @abstractmethod
     def projector(self, model: nn.Module) -> nn.Module:
@@ -80,7 +118,7 @@ class FamilyAdapter(ABC):
 
     # --- vision tower features (baseline) -----------------------------------------------------
     @abstractmethod
-    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
+    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> HookHandle:
         """Register a hook that appends, per image in batch order, the pre-projector patch features of its
         base grid, shape (H*W, D_vision), to `sink`. Returns the hook handle."""
 

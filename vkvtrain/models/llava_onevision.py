@@ -9,76 +9,48 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
-from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+from transformers import (
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen2Config,
+    SiglipVisionConfig,
+)
 
-from vkvtrain.models.base import FamilyAdapter, unwrap_model
+from vkvtrain.models.anyres import AnyresAdapter
 from vkvtrain.models.processors import ImageOnlyLlavaOnevisionProcessor
+from vkvtrain.models.tiny_parts import VISION_SHAPES, build_tokenizer, lm_config_kwargs, token_id
+
+#: ChatML as LLaVA-OneVision publishes it: every image of a turn is rendered before its text, so a prefix
+#: before the image has to be placed by vkvtrain (see vkvtrain/prompts.py).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
 
 
-class AnyresAdapter(FamilyAdapter):
-    """Shared layout of the LLaVA anyres families: the base crop is crop 0 of every image."""
-
-    def projector(self, model: nn.Module) -> nn.Module:
-        return unwrap_model(model).model.multi_modal_projector
-
-    def base_grid(self, model: nn.Module) -> tuple[int, int]:
-        vision = unwrap_model(model).config.vision_config
-        side = vision.image_size // vision.patch_size
-        return side, side
-
-    def image_grids(self, model: nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
-        return [self.base_grid(model)] * n_images
-
-    def crops_per_image(self, model: nn.Module, inputs: dict[str, Any]) -> list[int]:
-        """Number of vision-tower crops of every image, in the order the projector sees them."""
-        config = unwrap_model(model).config
-        return [
-            image_size_to_num_patches(
-                image_size=size, grid_pinpoints=config.image_grid_pinpoints, patch_size=config.vision_config.image_size
-            )
-            for size in inputs["image_sizes"]
-        ]
-
-    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
-        state: dict[str, Any] = {}
-        inner = unwrap_model(model).model
-
-        def remember_inputs(_module: nn.Module, _args: tuple, kwargs: dict) -> None:
-            state["inputs"] = kwargs
-
-        def grab(_module: nn.Module, args: tuple) -> None:
-            features = args[0]  # (total_crops, H*W, D_vision): every crop of every image, image after image
-            inputs = state.get("inputs", {})
-            if inputs.get("image_sizes") is None:
-                return
-            starts = torch.tensor([0, *self.crops_per_image(model, inputs)]).cumsum(0)[:-1]
-            sink.extend(features[int(s)] for s in starts)
-
-        handles = [
-            inner.register_forward_pre_hook(remember_inputs, with_kwargs=True),
-            self.projector(model).register_forward_pre_hook(grab),
-        ]
-        return _Handles(handles)
+def tokenizer() -> PreTrainedTokenizerFast:
+    """The byte-level stand-in for the Qwen2 tokenizer, with LLaVA-OneVision's special tokens."""
+    return build_tokenizer(SPECIAL_TOKENS, pad="<|endoftext|>", eos="<|im_end|>")
 
 
-class _Handles:
-    """Several hook handles removed together."""
-
-    def __init__(self, handles: list[torch.utils.hooks.RemovableHandle]) -> None:
-        self.handles = handles
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
+def text_config(size: str, tok: PreTrainedTokenizerFast) -> Qwen2Config:
+    """The Qwen2 LM config of a tiny checkpoint at ``size``."""
+    return Qwen2Config(**lm_config_kwargs(size, tok), tie_word_embeddings=True)
 
 
 class LlavaOnevisionAdapter(AnyresAdapter):
     family: ClassVar[str] = "llava_onevision"
     model_type: ClassVar[str] = "llava_onevision"
     model_class_name: ClassVar[str] = "LlavaOnevisionForConditionalGeneration"
-    processor_class = ImageOnlyLlavaOnevisionProcessor
+    processor_class: ClassVar[type[ProcessorMixin]] = ImageOnlyLlavaOnevisionProcessor
     image_placeholder: ClassVar[str] = "<image>"
     turn_end: ClassVar[str] = "<|im_end|>"
 
@@ -90,3 +62,26 @@ class LlavaOnevisionAdapter(AnyresAdapter):
             return crops
         single = [int(n) == 1 for n in per_prompt for _ in range(int(n))]
         return [c if keep else 1 for c, keep in zip(crops, single)]
+
+    def build_tiny(self, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+        """SigLIP 32 px / 8 px patches (a 4 x 4 base grid), anyres pinpoints up to 64 x 64, Qwen2 LM."""
+        tok = tokenizer()
+        pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
+        vision = SiglipVisionConfig(image_size=32, patch_size=8, **VISION_SHAPES[size])
+        config = LlavaOnevisionConfig(
+            text_config=text_config(size, tok).to_dict(), vision_config=vision.to_dict(),
+            image_token_index=token_id(tok, "<image>"),
+            video_token_index=token_id(tok, "<video>"),
+            image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
+            vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9", tie_word_embeddings=True,
+        )
+        model = LlavaOnevisionForConditionalGeneration(config)
+        image_processor = LlavaOnevisionImageProcessorPil(
+            size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints, do_pad=True,
+        )
+        processor = ImageOnlyLlavaOnevisionProcessor(
+            image_processor=image_processor, tokenizer=tok, num_image_tokens=(32 // 8) ** 2,
+            vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE,
+        )
+        return model, processor
+

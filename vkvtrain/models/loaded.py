@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedTokenizerBase, ProcessorMixin
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 from vkvtrain.models.base import FamilyAdapter
 
@@ -20,11 +20,11 @@ from vkvtrain.models.base import FamilyAdapter
 class LoadedMLM:
     """A loaded multimodal LM: the transformers model, its processor and its family adapter.
 
-    ``model`` may be replaced by a peft wrapper (LoRA); everything here resolves layers through the adapter at
-    call time, so it keeps working.
+    ``model`` keeps its transformers class under LoRA (peft injects its layers in place); everything here
+    resolves layers through the adapter at call time.
     """
 
-    model: nn.Module
+    model: PreTrainedModel
     processor: ProcessorMixin
     adapter: FamilyAdapter
     name: str

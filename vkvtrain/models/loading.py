@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from transformers import AutoConfig, PretrainedConfig
+import transformers
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
 from vkvtrain.errors import ModelLoadError, UnsupportedModelError
 from vkvtrain.mlm import MLM
-from vkvtrain.models.registry import adapter_for
+from vkvtrain.models.quantization import Quantization
+from vkvtrain.models.registry import adapter_for, families
 from vkvtrain.models.tiny import TINY_SCHEME, ensure_tiny, parse_tiny
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -22,12 +23,10 @@ def _resolve_source(name_or_path: str) -> tuple[str, bool]:
     """(path or hub id to load from, whether it is a tiny checkpoint)."""
     if name_or_path.startswith(TINY_SCHEME):
         family, size = parse_tiny(name_or_path)
-        from vkvtrain.models.registry import FAMILIES
-
-        if family not in FAMILIES:
+        if family not in families():
             raise UnsupportedModelError(
                 f"unknown tiny checkpoint {name_or_path!r}; supported: "
-                + ", ".join(f"{TINY_SCHEME}{f}" for f in FAMILIES)
+                + ", ".join(f"{TINY_SCHEME}{f}" for f in families())
             )
         return str(ensure_tiny(family, size)), True
     return name_or_path, False
@@ -48,7 +47,7 @@ def load_config(name_or_path: str, revision: str | None = None, trust_remote_cod
         raise ModelLoadError(
             f"cannot load a model config from {name_or_path!r}: {str(error).splitlines()[0]} "
             "Give a local folder written by save_pretrained, a hub id reachable from this machine (unset "
-            "HF_HUB_OFFLINE), or tiny://llava_onevision | tiny://qwen2_5_vl | tiny://llava_next."
+            "HF_HUB_OFFLINE), or " + " | ".join(f"{TINY_SCHEME}{f}" for f in families()) + "."
         ) from error
 
 
@@ -57,7 +56,7 @@ def load_mlm(
     dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
     device_map: str | dict[str, Any] | None = None,
-    quantization: Any = None,
+    quantization: Quantization | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
     random_init: bool = False,
@@ -72,7 +71,8 @@ def load_mlm(
         dtype: "bfloat16", "float16", "float32" or a torch dtype; None keeps float32.
         attn_implementation: "eager", "sdpa" or "flash_attention_2"; None lets transformers choose.
         device_map: passed to `from_pretrained` (e.g. "auto", "cuda:0").
-        quantization: a `transformers.BitsAndBytesConfig` (see `vkvtrain.interventions.quantization`) or None.
+        quantization: bitsandbytes loading of the LM (`vkvtrain.models.quantization.Quantization`) or None;
+            the family's vision tower and projector stay unquantized.
         revision: hub revision (branch, tag or commit) to pin.
         trust_remote_code: off by default; only the stock transformers classes are supported anyway.
         random_init: build the same architecture with freshly initialised weights (the probes' random-init
@@ -85,8 +85,6 @@ def load_mlm(
     source, _ = _resolve_source(name_or_path)
     config = load_config(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     adapter = adapter_for(config.model_type, source=name_or_path)
-    import transformers
-
     model_class = getattr(transformers, adapter.model_class_name)
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     if dtype is not None:
@@ -96,7 +94,7 @@ def load_mlm(
     if device_map is not None:
         kwargs["device_map"] = device_map
     if quantization is not None:
-        kwargs["quantization_config"] = quantization
+        kwargs["quantization_config"] = quantization.to_bnb_config(adapter.vision_modules)
     if random_init:
         with torch.random.fork_rng(devices=[]):
             if init_seed is not None:
@@ -104,13 +102,13 @@ def load_mlm(
             model = _random_init(model_class, config, kwargs)
     else:
         model = model_class.from_pretrained(source, **kwargs)
-    processor = adapter.processor_class.from_pretrained(source, revision=revision)
+    processor = adapter.processor_class.from_pretrained(source, revision=revision or "main")
     processor.tokenizer.padding_side = "left"
     model.eval()
     return MLM(model=model, processor=processor, adapter=adapter, name=name_or_path)
 
 
-def _random_init(model_class: Any, config: PretrainedConfig, kwargs: dict[str, Any]) -> nn.Module:
+def _random_init(model_class: Any, config: PretrainedConfig, kwargs: dict[str, Any]) -> PreTrainedModel:
     """``model_class`` with the checkpoint's config and fresh weights, on ``device_map`` when it names one device."""
     if "quantization_config" in kwargs:
         raise ModelLoadError("random_init builds full-precision weights; drop quantization for the random control.")
@@ -121,4 +119,6 @@ def _random_init(model_class: Any, config: PretrainedConfig, kwargs: dict[str, A
         )
     init_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation") if k in kwargs}
     with torch.device(device or "cpu"):
-        return model_class._from_config(config, **init_kwargs)
+        model = model_class._from_config(config, **init_kwargs)
+    assert isinstance(model, PreTrainedModel)
+    return model

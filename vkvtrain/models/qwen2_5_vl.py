@@ -10,26 +10,96 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+)
 from transformers.vision_utils import get_vision_window_index
 
 from vkvtrain.errors import PromptError
-from vkvtrain.models.base import FamilyAdapter, unwrap_model
+from vkvtrain.models.base import FamilyAdapter, HookHandle, hf_config, submodule, unwrap_model
 from vkvtrain.models.processors import ImageOnlyQwen2_5_VLProcessor
+from vkvtrain.models.tiny_parts import (
+    LM_SHAPES,
+    VISION_SHAPES,
+    build_tokenizer,
+    lm_config_kwargs,
+    token_id,
+)
+
+#: Qwen2.5-VL's ChatML with its default system turn; images are rendered where they stand in the content.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>")
+
+
+def tokenizer() -> PreTrainedTokenizerFast:
+    """The byte-level stand-in for the Qwen2.5 tokenizer, with Qwen2.5-VL's special tokens."""
+    return build_tokenizer(SPECIAL_TOKENS, pad="<|endoftext|>", eos="<|im_end|>")
+
+
+def text_config(size: str, tok: PreTrainedTokenizerFast) -> dict[str, Any]:
+    """The Qwen2.5 LM config fields of a tiny checkpoint at ``size``, with M-RoPE sections that split
+    head_dim/2 in the proportions of the real 16/24/24 of 64."""
+    fields: dict[str, Any] = dict(lm_config_kwargs(size, tok))
+    head_dim = fields["hidden_size"] // fields["num_attention_heads"]
+    quarter = head_dim // 2 // 4
+    mrope = [head_dim // 2 - 3 * quarter, quarter + quarter // 2, quarter + quarter - quarter // 2]
+    fields["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope}
+    return fields
 
 
 class Qwen2_5_VLAdapter(FamilyAdapter):
     family: ClassVar[str] = "qwen2_5_vl"
     model_type: ClassVar[str] = "qwen2_5_vl"
     model_class_name: ClassVar[str] = "Qwen2_5_VLForConditionalGeneration"
-    processor_class = ImageOnlyQwen2_5_VLProcessor
+    processor_class: ClassVar[type[ProcessorMixin]] = ImageOnlyQwen2_5_VLProcessor
     image_placeholder: ClassVar[str] = "<|vision_start|>"
     turn_end: ClassVar[str] = "<|im_end|>"
+    vision_modules: ClassVar[tuple[str, ...]] = ("model.visual",)  # the vision tower and its merger (projector)
+
+    def build_tiny(self, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
+        """A windowed ViT with 4 px patches, 2 x 2 merge and 16 px windows (images of 16^2..64^2 pixels),
+        Qwen2.5 LM with M-RoPE."""
+        tok = tokenizer()
+        shape = VISION_SHAPES[size]
+        vision = dict(depth=shape["num_hidden_layers"], hidden_size=shape["hidden_size"],
+                      intermediate_size=shape["intermediate_size"], num_heads=shape["num_attention_heads"],
+                      out_hidden_size=LM_SHAPES[size]["hidden_size"], patch_size=4, spatial_merge_size=2,
+                      temporal_patch_size=2, window_size=16, fullatt_block_indexes=[shape["num_hidden_layers"] - 1])
+        config = Qwen2_5_VLConfig(
+            text_config=text_config(size, tok), vision_config=vision,
+            image_token_id=token_id(tok, "<|image_pad|>"),
+            video_token_id=token_id(tok, "<|video_pad|>"),
+            vision_start_token_id=token_id(tok, "<|vision_start|>"),
+            vision_end_token_id=token_id(tok, "<|vision_end|>"), tie_word_embeddings=True,
+        )
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        image_processor = Qwen2VLImageProcessorPil(
+            patch_size=4, merge_size=2, temporal_patch_size=2,
+            size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64},
+        )
+        processor = ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok,
+                                                 chat_template=CHAT_TEMPLATE)
+        return model, processor
 
     def projector(self, model: nn.Module) -> nn.Module:
-        return unwrap_model(model).model.visual.merger
+        return submodule(model, "model.visual.merger")
 
     def merge_size(self, model: nn.Module) -> int:
-        return int(unwrap_model(model).config.vision_config.spatial_merge_size)
+        return int(hf_config(model).vision_config.spatial_merge_size)
 
     def image_grids(self, model: nn.Module, inputs: dict[str, torch.Tensor], n_images: int) -> list[tuple[int, int]]:
         grid_thw = inputs.get("image_grid_thw")
@@ -59,14 +129,16 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         pos = nxt[rows.to(deltas.device)] + torch.arange(length, device=deltas.device)[None]  # (R, length)
         return pos[None].expand(3, -1, -1)
 
-    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
-        visual = unwrap_model(model).model.visual
+    def vision_feature_hook(self, model: nn.Module, sink: list[torch.Tensor]) -> HookHandle:
+        visual = submodule(model, "model.visual")
         merge = self.merge_size(model)
 
-        def grab(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
             grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+            assert isinstance(grid_thw, torch.Tensor)
             window_index, _ = get_vision_window_index(
-                grid_thw, spatial_merge_size=merge, window_size=module.window_size, patch_size=module.patch_size
+                grid_thw, spatial_merge_size=merge, window_size=int(getattr(module, "window_size")),
+                patch_size=int(getattr(module, "patch_size")),
             )
             patches = output.last_hidden_state  # (n_patches, D_vision) in window order
             units = patches.reshape(-1, merge * merge * patches.shape[-1])  # one row per merged 2x2 block

@@ -1,4 +1,4 @@
-"""The supported MLM families. Adding a family = one adapter file + one line here."""
+"""The supported MLM families. Adding a family = one adapter file + one `register(...)` line here."""
 
 from __future__ import annotations
 
@@ -8,13 +8,24 @@ from vkvtrain.models.llava_next import LlavaNextAdapter
 from vkvtrain.models.llava_onevision import LlavaOnevisionAdapter
 from vkvtrain.models.qwen2_5_vl import Qwen2_5_VLAdapter
 
-ADAPTERS: dict[str, type[FamilyAdapter]] = {
-    LlavaOnevisionAdapter.model_type: LlavaOnevisionAdapter,
-    Qwen2_5_VLAdapter.model_type: Qwen2_5_VLAdapter,
-    LlavaNextAdapter.model_type: LlavaNextAdapter,
-}
+#: adapter class per `config.model_type`, in registration order
+ADAPTERS: dict[str, type[FamilyAdapter]] = {}
 
-FAMILIES: tuple[str, ...] = tuple(adapter.family for adapter in ADAPTERS.values())
+
+def register(adapter: type[FamilyAdapter]) -> type[FamilyAdapter]:
+    """Make a family known to `load_mlm`, `tiny://` and every command (usable as a class decorator)."""
+    ADAPTERS[adapter.model_type] = adapter
+    return adapter
+
+
+register(LlavaOnevisionAdapter)
+register(Qwen2_5_VLAdapter)
+register(LlavaNextAdapter)
+
+
+def families() -> tuple[str, ...]:
+    """Short names of the registered families (as in `tiny://<family>`)."""
+    return tuple(adapter.family for adapter in ADAPTERS.values())
 
 
 def adapter_for(model_type: str, source: str = "") -> FamilyAdapter:
@@ -35,4 +46,4 @@ def adapter_for_family(family: str) -> FamilyAdapter:
     for adapter in ADAPTERS.values():
         if adapter.family == family:
             return adapter()
-    raise UnsupportedModelError(f"unknown MLM family {family!r}; supported families: {', '.join(FAMILIES)}.")
+    raise UnsupportedModelError(f"unknown MLM family {family!r}; supported families: {', '.join(families())}.")

@@ -8,6 +8,9 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
+from vkvtrain.plots import close, heatmap_figure
 from vkvtrain.probes.config import ModelSpec
 from vkvtrain.probes.features import INPUT_EMBEDS
 from vkvtrain.probes.perception import PerceptionScore
@@ -128,27 +131,14 @@ def markdown(per_model: Mapping[str, Results], correlation: Mapping[str, Any] | 
 
 
 def heatmap(results: Results, path: Path, title: str) -> Path:
-    """A row x task heatmap of the primary metrics, saved as PNG (matplotlib Agg)."""
-    # matplotlib is imported only when a heatmap is drawn (slow to import)
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    """A row x task heatmap of the primary metrics, saved as PNG."""
     cols = _primary_columns(results)
     rows = rows_of(results)
     data = np.array([[_value(results, c, r) for c in cols] for r in rows], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 2.5, 0.35 * len(rows) + 1.8))
-    im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
-    ax.set_yticks(range(len(rows)), rows)
-    ax.set_ylabel(f"row ({INPUT_EMBEDS} = projector output; numbers = LM layers)")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
+    fig = heatmap_figure(data, rows, cols, title,
+                         row_title=f"row ({INPUT_EMBEDS} = projector output; numbers = LM layers)")
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    close(fig)
     return path
 
 
