@@ -6,6 +6,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import copy
+import pickle
+
 import pytest
 import torch
 from torchmetrics.classification import BinaryJaccardIndex
@@ -169,6 +172,11 @@ def test_single_layer_results_keep_layer_axis_and_plot(tmp_path) -> None:
     metric.update(f[None], f[None], kps, kps, (16, 16), (16, 16))
     out = metric.compute()
     assert out["pck"].shape == (1,)
+    for copy_ in (copy.deepcopy(metric), pickle.loads(pickle.dumps(metric)), metric.clone()):
+        assert copy_.compute()["pck"].shape == (1,)  # copies keep the row axis too
+    agn = KeyInputAgnosticism(1, num_positions=1, dim=2)
+    agn.update(torch.randn(1, 3, 1, 2))
+    assert agn.compute()["agnosticism"].shape == (1, 1) and agn.compute()["score"].shape == (1,)
     fig, ax = metric.plot()
     fig.savefig(tmp_path / "pck.png")
     assert (tmp_path / "pck.png").stat().st_size > 0
@@ -246,6 +254,25 @@ def test_every_metric_row_alone_equals_rows_together(name: str) -> None:
             assert value.shape[0] == 1, key
             assert torch.allclose(joint[key][row].double(), value[0].double(), atol=1e-6, equal_nan=True), \
                 (name, key, row, joint[key][row], value[0])
+
+
+def test_surfacing_gap_layer_alone_equals_layers_together() -> None:
+    from vkvtrain.probes.surfacing_gap import SurfacingGap
+
+    gen = torch.Generator().manual_seed(1)
+    subtasks = torch.randint(0, 3, (40,), generator=gen)
+    output = torch.rand(40, generator=gen) < 0.4
+    probe = torch.rand(40, 4, generator=gen) < 0.6
+    probe[subtasks == 2] = False  # a subtask the probe never gets right
+    together = SurfacingGap(num_subtasks=4, num_layers=4)  # subtask 3 never seen: NaN, in every layer alike
+    together.update(subtasks, output, probe)
+    joint = together.compute()
+    for layer in range(4):
+        alone = SurfacingGap(num_subtasks=4, num_layers=1)
+        alone.update(subtasks, output, probe[:, layer:layer + 1])
+        for key, value in alone.compute().items():
+            want = joint[key] if key == "output_accuracy" else joint[key][:, layer:layer + 1]
+            assert torch.allclose(value, want, equal_nan=True), (key, layer)
 
 
 def test_empty_truth_mask_class_counts_per_episode_not_per_row_prediction() -> None:

@@ -64,8 +64,8 @@ def run(cfg: ProbeConfig) -> dict[str, Path]:
     encoder = VisionEncoder(cfg.encoder, device=cfg.device) if cfg.encoder else None
     per_model, extras = {}, {}
     for name, spec in zip(names, cfg.models):
-        mlm = load_mlm(spec.spec, dtype=spec.dtype, random_init=spec.random_init, init_seed=spec.init_seed)
-        mlm.model.to(cfg.device)
+        mlm = load_mlm(spec.spec, dtype=spec.dtype, device_map=cfg.device, random_init=spec.random_init,
+                       init_seed=spec.init_seed)
         suite = ProbeSuite(mlm, cfg, encoder, shuffle_seed=spec.shuffle_seed if spec.shuffle_tokens else None)
         per_model[name] = suite.run()
         extras[name] = suite.extras

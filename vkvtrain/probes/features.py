@@ -69,9 +69,11 @@ def last_text_position(mlm: MLM, input_ids: Tensor, row: int, after: int) -> int
 def shuffle_tokens(feats: ImageFeatures, generator: torch.Generator) -> ImageFeatures:
     """The shuffled-tokens control: the same tokens of one image at permuted grid positions.
 
-    One permutation per grid size is drawn from ``generator`` (CPU) and applied to every row's grid
-    ``(h, w, D)`` of that size and to the keys ``(h*w, kv_dim)``, so all rows of the image stay aligned with each
-    other while no token is at its own position any more. Text values are left as they are.
+    One permutation per token count is drawn from ``generator`` (CPU) and applied to every row's grid
+    ``(h, w, D)`` of that size and to the keys ``(h*w, kv_dim)``: the MLM's rows (input embeddings, layers,
+    vision features) share one grid, so they stay aligned with each other while their tokens leave their
+    positions; an encoder baseline with another patch grid gets its own permutation. Text values are left as
+    they are.
     """
     perms: dict[int, Tensor] = {}
 

@@ -5,8 +5,8 @@ Every function works on torch tensors on any device and keeps no state. Conventi
 * a token grid of features is ``(h, w, D)``; a mask is ``(H, W)`` bool at image resolution;
 * token -> pixel: token scores in ``[0, 1]`` (or per-class probabilities) are upsampled to the mask size
   with bilinear interpolation (``align_corners=False``; ``"nearest"`` on request), then thresholded at
-  0.5 (binary tasks) or arg-maxed (multi-label tasks). :func:`upsample_scores` is the only place this
-  happens;
+  0.5 (binary tasks) or arg-maxed (multi-label tasks) by :func:`upsample_scores`; the temporal probe alone
+  follows DINO's reference rules instead (:func:`first_frame_labels`, :func:`labels_to_mask`);
 * pixel -> token: a mask is area-averaged onto the grid (:func:`downsample_mask`), giving for every token
   the fraction of its pixels that are foreground; a token is foreground when that fraction is >= 0.5.
 """

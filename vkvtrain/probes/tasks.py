@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from vkvtrain.data.perception.schema import PerceptionDataset
 from vkvtrain.data.synthetic_perception import (SyntheticClips, SyntheticCoseg, SyntheticFewShot,
                                                 SyntheticKeypointPairs, SyntheticReferring, SyntheticSemantic)
 from vkvtrain.probes import runners
@@ -43,7 +44,7 @@ class ProbeTask:
     primary: str
     default_prefix: str
     loader: str | None
-    synthetic: Callable[..., Any]
+    synthetic: Callable[..., PerceptionDataset[Any]]
     runner: Callable[[TaskContext, Any, Any], Table]
     correlates: bool = True
 
