@@ -2,7 +2,7 @@
 
 For the tiny model and the ~30M-parameter "mid" size of one family (``tiny://<family>@mid``), on the
 synthetic data of every task: a plain forward per image (same one-image prompts, no capture), the feature
-extraction per image (forward with capture of every layer, embeds and vision features), and the whole
+extraction per image (forward with capture of every layer, input embeddings and vision features), and the whole
 suite per image (extraction + all probe metrics). Prints seconds per image and the ratios.
 
     python benchmarks/bench_probes.py [--family llava_onevision] [--device cpu] [--repeats 3]
@@ -96,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"device={args.device} family={args.family} (best of {args.repeats}; suite = all 7 probe tasks, "
-          f"every layer + embeds + vision rows)")
+          f"every layer + input_embeds + vision rows)")
     print(f"{'model':<28}{'params':>9}{'images':>8}{'fwd ms/img':>12}{'extract ms/img':>16}{'suite ms/img':>14}"
           f"{'extract/fwd':>13}{'suite/fwd':>11}")
     for spec in (f"tiny://{args.family}", f"tiny://{args.family}@mid"):

@@ -6,7 +6,7 @@ Nothing else in vkvtrain knows this class; `tests/test_fourth_family.py` registe
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn

@@ -19,8 +19,8 @@ from vkvtrain.evaluation.blink import parse_choice
         ("B. the third image", 2, "B"),
         ("B) the third image", 2, "B"),
         ("I think the answer is B.", 4, "B"),
-        ("answer: (d)", 4, None),  # lower-case letters only count alone or in parentheses...
-        ("(d)", 4, "D"),  # ...like here
+        ("answer: (d)", 4, "D"),  # lower-case letters count alone, after an answer keyword...
+        ("(d)", 4, "D"),  # ...or in parentheses alone
         ("b", 2, "B"),
         ("**C**", 4, "C"),
         ("The answer is option A, the first image.", 4, "A"),
@@ -60,6 +60,48 @@ def test_rejects_ambiguous_or_invalid(text: str, n: int) -> None:
     assert parse_choice(text, n) is None
 
 
+#: families of responses a letter regex misreads, each with members beyond the reported ones
+FAMILIES = {
+    "leading letter and another named": [
+        ("A because point (B) is closer", 4, None), ("B, since (A) is darker", 4, None),
+        ("C: although (D) looks closer", 4, None), ("D; (C) is the other one", 4, None),
+        ("B because A is darker", 4, "B"), ("A cat is left of (B)", 4, None),
+    ],
+    "negations": [
+        ("It's A, not (B)", 4, "A"), ("Not (A).", 4, None), ("(C), not (A)", 4, "C"),
+        ("The answer isn't (A); it is (C).", 4, "C"), ("Neither (A) nor (B).", 4, None),
+        ("Rather than (A), I pick (D)", 4, "D"), ("instead of option D, option B", 4, "B"),
+        ("not B) but C)", 4, "C"), ("Definitely not (B); I'd say (D).", 4, "D"), ("The answer is not (B)", 4, None),
+        ("I'm not sure, maybe (C)", 4, "C"), ("No. (B)", 4, "B"),
+    ],
+    "capitalised words": [
+        ("Answer: A cat is visible", 4, None), ("A person stands on the left.", 4, None), ("Answer: Both", 4, None),
+        ("Option Blue is brighter", 4, None), ("Both images look alike", 4, None), ("Certainly the left one", 4, None),
+        ("It is A cat.", 4, None), ("I think so", 4, None), ("Definitely C", 4, None), ("Answer: Dog", 4, None),
+    ],
+    "lower case after a keyword": [
+        ("answer: (d)", 4, "D"), ("Answer: b", 4, "B"), ("the answer is c.", 4, "C"), ("Option a", 4, "A"),
+        ("The answer is a dog", 4, None), ("answer: b because it is darker", 4, None), ("my choice: [c]", 4, "C"),
+    ],
+    "full-width forms": [
+        ("（Ｂ）", 4, "B"), ("Ａｎｓｗｅｒ：Ｃ", 4, "C"), ("答案是（Ｄ）", 4, "D"), ("Ｂ", 4, "B"), ("Ｔｈｅ ａｎｓｗｅｒ ｉｓ （ａ）", 4, "A"),
+    ],
+    "line ends": [
+        ("Answer: A\nThe dog is on the left.", 4, "A"), ("B\nBecause it is darker.", 4, "B"),
+        ("It's C\nsince the edge is sharp", 4, "C"),
+    ],
+    "pronoun I": [
+        ("I, for one, pick (B)", 4, "B"), ("I think (C)", 4, "C"), ("I would say the answer is D.", 4, "D"),
+    ],
+}
+
+
+@pytest.mark.parametrize("family, text, n, expected",
+                         [(family, *case) for family, cases in FAMILIES.items() for case in cases])
+def test_response_families(family: str, text: str, n: int, expected: str | None) -> None:
+    assert parse_choice(text, n) == expected, family
+
+
 def test_never_returns_letter_outside_choices() -> None:
     samples = ["A", "(B)", "C.", "Answer: D", "The correct answer is (E)", "F", "(J)"]
     for n in range(1, 6):
@@ -71,3 +113,12 @@ def test_never_returns_letter_outside_choices() -> None:
 def test_bad_choice_count() -> None:
     with pytest.raises(ValueError, match="n_choices"):
         parse_choice("A", 0)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    from vkvtrain.evaluation import parse
+
+    result = doctest.testmod(parse)
+    assert result.attempted > 0 and result.failed == 0

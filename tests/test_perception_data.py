@@ -13,9 +13,13 @@ from PIL import Image
 
 from vkvtrain.data.perception import (DAVIS, LOADERS, CosegGroup, FewShotEpisode, ImageNetS, KeypointPair,
                                       MSRCCoseg, Pascal5i, RefCOCO, SegSample, SPair71k, VideoClip)
-from vkvtrain.data.synthetic_perception import COLORS, SYNTHETIC, SyntheticKeypointPairs
-from vkvtrain.errors import DatasetError
+from vkvtrain.data.perception.plain_pickle import UnsafePickleError, load_plain_pickle
+from vkvtrain.data.synthetic_perception import COLORS, SyntheticClips, SyntheticKeypointPairs
+from vkvtrain.errors import DatasetError, VKVError
+from vkvtrain.probes.tasks import REGISTRY
 from shared_data import SHARED_DATA
+
+SYNTHETIC = {name: task.synthetic for name, task in REGISTRY.items() if task.loader is not None}
 
 SHARED = SHARED_DATA
 
@@ -135,6 +139,90 @@ def test_refcoco_polygons_and_rle(tmp_path: Path) -> None:
         RefCOCO(tmp_path)
 
 
+class _CallOnLoad:
+    """Unpickling this calls ``func(*args)``: with ``open(marker, "w")`` a harmless stand-in for a payload."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple:
+        return self.func, self.args
+
+
+class _Custom:
+    """A class instance: pickled by reference to this module, rebuilt through copyreg/object.__new__."""
+
+    def __init__(self) -> None:
+        self.x = 1
+
+
+def _payloads(marker: Path) -> dict[str, object]:
+    return {
+        "open": _CallOnLoad(open, str(marker), "w"),
+        "exec": _CallOnLoad(exec, f"open({str(marker)!r}, 'w').close()"),
+        "nested in a ref": [{"ref_id": 0, "split": "val", "sentences": [{"sent": _CallOnLoad(open, str(marker), "w")}]}],
+        "class instance": [_Custom()],
+    }
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+@pytest.mark.parametrize("payload", ["open", "exec", "nested in a ref", "class instance"])
+def test_refcoco_refs_pickle_cannot_run_code(tmp_path: Path, payload: str, protocol: int) -> None:
+    marker = tmp_path / "marker"
+    data = pickle.dumps(_payloads(marker)[payload], protocol=protocol)
+    if payload != "class instance":  # the payload really runs under plain pickle.load
+        loaded = pickle.loads(data)
+        assert marker.exists()
+        marker.unlink()
+        del loaded
+    (tmp_path / "refcoco").mkdir()
+    refs = tmp_path / "refcoco" / "refs(unc).p"
+    refs.write_bytes(data)
+    (tmp_path / "refcoco" / "instances.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    (tmp_path / "images" / "mscoco" / "images" / "train2014").mkdir(parents=True)
+    with pytest.raises(VKVError) as err:
+        RefCOCO(tmp_path)
+    assert isinstance(err.value, UnsafePickleError)
+    assert not marker.exists()
+    message = str(err.value)
+    assert "\n" not in message and str(refs) in message and "plain data" in message
+
+
+def test_plain_pickle_reads_plain_data_of_any_protocol(tmp_path: Path) -> None:
+    data = [{"ref_id": 1, "sentences": [{"sent": "a dog", "tokens": ("a", "dog")}], "box": [1.5, 2.0], "ok": True,
+             "none": None, "tags": {"x", "y"}, "frozen": frozenset({1})}]
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        path = tmp_path / f"p{protocol}.p"
+        path.write_bytes(pickle.dumps(data, protocol=protocol))
+        assert load_plain_pickle(path, "RefCOCO") == data
+        path.write_bytes(pickle.dumps([b"\x00"], protocol=protocol))
+        if protocol >= 3:  # bytes are an opcode from protocol 3 on
+            assert load_plain_pickle(path, "RefCOCO") == [b"\x00"]
+        else:  # before, pickle rebuilds bytes by calling _codecs.encode: a call is refused
+            with pytest.raises(UnsafePickleError, match="_codecs.encode"):
+                load_plain_pickle(path, "RefCOCO")
+    path.write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(DatasetError, match="not a readable pickle"):
+        load_plain_pickle(path, "RefCOCO")
+
+
+def test_probe_command_refuses_a_code_running_refs_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vkvtrain.probes.cli import main
+
+    marker = tmp_path / "marker"
+    (tmp_path / "refcoco").mkdir()
+    (tmp_path / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(_CallOnLoad(open, str(marker), "w")))
+    (tmp_path / "refcoco" / "instances.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    (tmp_path / "images" / "mscoco" / "images" / "train2014").mkdir(parents=True)
+    code = main(["--model", "tiny://llava_next", "--tasks", "referring", "--sources", "layers", "--layers", "[0]",
+                 "--data.referring.source", "refcoco", "--data.referring.root", str(tmp_path), "--progress", "false",
+                 "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and not marker.exists()
+    line = err.strip().splitlines()[-1]  # (transformers' weight-loading bar may come before it)
+    assert line.startswith("vkvtrain probe: RefCOCO: ") and "refs(unc).p asks to build io.open" in line
+
+
 def test_spair71k(tmp_path: Path) -> None:
     _rgb(tmp_path / "JPEGImages" / "cat" / "a.jpg", seed=1)
     _rgb(tmp_path / "JPEGImages" / "cat" / "b.jpg", seed=2)
@@ -207,7 +295,7 @@ def test_synthetic_keypoints_follow_the_warp() -> None:
 
 
 def test_synthetic_clip_objects_move() -> None:
-    clip = SYNTHETIC["temporal"](n=1, frames=5)[0]
+    clip = SyntheticClips(n=1, frames=5)[0]
     assert clip.masks.shape == (5, 64, 64) and clip.object_ids == [1, 2]
     assert not torch.equal(clip.masks[0], clip.masks[-1])
 

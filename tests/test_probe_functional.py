@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from argparse import Namespace
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score
 from torchmetrics.classification import BinaryJaccardIndex
 
+import helpers_dino as dino
 from vkvtrain.probes import functional as PF
 from helpers_probes import block_mask, planted_feats, shuffled
 
@@ -148,10 +151,82 @@ def test_propagate_labels_follows_planted_identity() -> None:
         lab[1:4, t:t + 2] = 1
         frames.append(lab)
     feats = [planted_feats(lab, seed=t) for t, lab in enumerate(frames)]
-    first = torch.stack([(frames[0] == 0).float(), (frames[0] == 1).float()])
+    first = PF.first_frame_labels(frames[0], grid, 2)
     probs = PF.propagate_labels(feats, first, topk=3)
     for lab, p in zip(frames, probs):
         assert torch.equal(p.argmax(0), lab)
+
+
+@pytest.mark.parametrize("n_last_frames, neighborhood, topk, patch", [(7, 12, 5, 4), (2, 3, 5, 3), (7, 0, 3, 1)])
+def test_temporal_protocol_equals_dino_reference_port(n_last_frames: int, neighborhood: int, topk: int,
+                                                      patch: int) -> None:
+    """Random features: the propagated token labels and the written label maps equal DINO's own code's."""
+    gen = torch.Generator().manual_seed(neighborhood)
+    grid, t_len, dim = (9, 13), 11, 6
+    feats = [torch.randn(*grid, dim, generator=gen) for _ in range(t_len)]
+    token_labels = torch.randint(0, 4, grid, generator=gen)
+    token_labels[0, :4] = torch.arange(4)  # every label survives the nearest-neighbour resize
+    first_mask = token_labels.repeat_interleave(3, 0).repeat_interleave(3, 1)  # (27, 39) "original" frame
+    out_size = (27, 39)
+    args = Namespace(n_last_frames=n_last_frames, size_mask_neighborhood=neighborhood, topk=topk, patch_size=patch)
+    ref_tokens, ref_written = dino.eval_video_tracking(args, feats, first_mask.numpy(), out_size)
+    first = PF.first_frame_labels(first_mask, grid, 4)
+    assert torch.equal(first, dino.read_seg(first_mask.numpy(), grid)[0])
+    probs = PF.propagate_labels(feats, first, n_last_frames, topk, 0.1, neighborhood)
+    for t in range(1, t_len):
+        assert torch.allclose(probs[t], ref_tokens[t - 1][0], atol=1e-6), t
+        written = PF.labels_to_mask(probs[t], out_size, (patch, patch))
+        assert np.array_equal(written.numpy(), ref_written[t - 1]), t
+    # the window, the context length and top-k all change the answer: the comparison is not vacuous
+    other = PF.propagate_labels(feats, first, n_last_frames, topk + 2, 0.1, neighborhood)
+    assert not torch.allclose(other[-1], probs[-1], atol=1e-3)
+
+
+def _look_alike_clip(t_len: int = 6, grid: tuple[int, int] = (6, 40), scale: int = 2) -> tuple[list, torch.Tensor]:
+    """Two objects with the same features, 20+ tokens apart, each moving 1 token per frame."""
+    labels = []
+    for t in range(t_len):
+        lab = torch.zeros(grid, dtype=torch.long)
+        lab[2:5, 3 + t:7 + t] = 1
+        lab[2:5, 30 - t:34 - t] = 2
+        labels.append(lab)
+    feats = [planted_feats((lab > 0).long(), dim=8, noise=0.05, seed=t) for t, lab in enumerate(labels)]
+    masks = torch.stack([lab.repeat_interleave(scale, 0).repeat_interleave(scale, 1) for lab in labels])
+    return feats, masks
+
+
+def test_temporal_look_alike_objects_far_apart_are_told_apart_by_the_window() -> None:
+    from vkvtrain.probes import TemporalCorrespondence
+
+    feats, masks = _look_alike_clip()
+    scores = {}
+    for name, metric in (("dino", TemporalCorrespondence(1)), ("no window", TemporalCorrespondence(1, neighborhood=0))):
+        metric.update([f[None] for f in feats], masks)
+        scores[name] = float(metric.compute()["jf"][0])
+    assert scores["dino"] == 1.0
+    assert scores["no window"] < 0.5  # without the window each object takes the other's labels too
+
+
+def test_support_foreground_fraction_leaves_void_out() -> None:
+    grid = (2, 2)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    void = torch.zeros(8, 8, dtype=torch.bool)
+    mask[0, :4] = True
+    mask[1, :2] = True  # token (0, 0): 6 fg, 6 void, 4 bg pixels -> 6/10 of its non-void pixels
+    void[1, 2:4] = True
+    void[2, :4] = True
+    void[:3, 4:] = True  # token (0, 1): 12 of 16 pixels void -> dropped
+    mask[4, :4] = True
+    mask[5, :3] = True  # token (1, 0): 7 fg, no void -> 7/16 < 0.5
+    frac, keep = PF.foreground_fraction(mask, grid, void)
+    assert frac.tolist() == pytest.approx([0.6, 0.0, 7 / 16, 0.0])
+    assert keep.tolist() == [True, False, True, True]
+    frac_no_void, keep_all = PF.foreground_fraction(mask, grid)
+    assert frac_no_void[0] == pytest.approx(6 / 16) and keep_all.all()
+    # counted with void as background, token (1, 0) would be the support's most-foreground token instead
+    feats = torch.eye(4).reshape(2, 2, 4)
+    pred = PF.fewshot_segment([feats], [mask], feats, (2, 2), support_ignore=[void], mode="nearest")
+    assert pred[0, 0] and not pred[1, 0] and not pred[1, 1]
 
 
 def test_input_agnosticism_and_flags() -> None:

@@ -37,7 +37,7 @@ from vkvtrain.layers import resolve_layers
 from vkvtrain.mlm import MLM
 from vkvtrain.models.loading import load_mlm
 from vkvtrain.models.quantization import Quantization
-from vkvtrain.probes.config import TASKS
+from vkvtrain.probes.tasks import TASKS
 from vkvtrain.validation import ValidationProbes, ValidationStep, step_output
 
 

@@ -33,7 +33,11 @@ class KeyInputAgnosticism(LayerwiseMetric):
     """
 
     plot_keys = ("score",)
+    result_ndim = {"agnosticism": 2, "flagged": 2}
     higher_is_better = None  # a diagnostic, not a quality score
+    sum_k: Tensor
+    sumsq: Tensor
+    count: Tensor
 
     def __init__(self, num_layers: int, num_positions: int, dim: int, threshold: float | None = None,
                  rule: Literal["mad"] = "mad", z: float = 3.5, min_ratio: float = 10.0, layer_names: Sequence[str] | None = None,
@@ -62,6 +66,6 @@ class KeyInputAgnosticism(LayerwiseMetric):
     def compute(self) -> dict[str, Tensor]:
         if int(self.count) < 2:
             raise ValueError("KeyInputAgnosticism needs keys from >= 2 images before compute()")
-        agn = PF.agnosticism_from_moments(self.sum_k, self.sumsq, self.count)  # (L, N)
+        agn = PF.agnosticism_from_moments(self.sum_k, self.sumsq, float(self.count))  # (L, N)
         flagged = torch.stack([PF.flag_positions(a, self.threshold, self.rule, self.z, self.min_ratio) for a in agn])
         return {"agnosticism": agn, "flagged": flagged, "score": agn.mean(1), "n_flagged": flagged.sum(1)}

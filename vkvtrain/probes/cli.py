@@ -15,8 +15,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
 from vkvtrain.errors import RecipeError, VKVError
+from vkvtrain.models.loading import load_mlm
 from vkvtrain.probes.config import ProbeConfig, load_config
+from vkvtrain.probes.encoder import VisionEncoder
+from vkvtrain.probes.perception import read_perception_score
+from vkvtrain.probes.report import input_embeds_correlation, model_names, write_reports
+from vkvtrain.probes.suite import ProbeSuite
 
 
 def parse_argv(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
@@ -49,26 +56,21 @@ def parse_argv(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
 
 def run(cfg: ProbeConfig) -> dict[str, Path]:
     """Load each model, run the suite, write the reports; returns the written paths."""
-    import torch
-
-    from vkvtrain import load_mlm
-    from vkvtrain.probes.encoder import VisionEncoder
-    from vkvtrain.probes.report import layer0_correlation, model_names, write_reports
-    from vkvtrain.probes.suite import ProbeSuite
-
+    names = model_names(cfg.models)
+    # perception scores are read (and checked) before any model is loaded
+    scores = {name: read_perception_score(spec.perception_results, spec.spec)
+              for name, spec in zip(names, cfg.models) if spec.perception_results}
     torch.manual_seed(cfg.seed)
     encoder = VisionEncoder(cfg.encoder, device=cfg.device) if cfg.encoder else None
-    per_model, extras, scores = {}, {}, {}
-    for name, spec in zip(model_names(cfg.models), cfg.models):
-        mlm = load_mlm(spec.spec, dtype=spec.dtype, random_init=spec.random_init, init_seed=spec.init_seed)
-        mlm.model.to(cfg.device)
-        suite = ProbeSuite(mlm, cfg, encoder)
+    per_model, extras = {}, {}
+    for name, spec in zip(names, cfg.models):
+        mlm = load_mlm(spec.spec, dtype=spec.dtype, device_map=cfg.device, random_init=spec.random_init,
+                       init_seed=spec.init_seed)
+        suite = ProbeSuite(mlm, cfg, encoder, shuffle_seed=spec.shuffle_seed if spec.shuffle_tokens else None)
         per_model[name] = suite.run()
         extras[name] = suite.extras
-        if spec.perception_score is not None:
-            scores[name] = spec.perception_score
         del mlm, suite
-    correlation = layer0_correlation(per_model, scores) if scores else None
+    correlation = input_embeds_correlation(per_model, scores)
     return write_reports(per_model, cfg.output_dir, correlation, extras)
 
 

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 from torch import Tensor
+from transformers import AutoImageProcessor, AutoModel
 
 from vkvtrain.errors import VKVError
 
@@ -25,8 +26,6 @@ class VisionEncoder:
     """
 
     def __init__(self, name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> None:
-        from transformers import AutoImageProcessor, AutoModel
-
         try:
             model = AutoModel.from_pretrained(name_or_path, dtype=dtype) if dtype else AutoModel.from_pretrained(name_or_path)
             self.processor = AutoImageProcessor.from_pretrained(name_or_path)

@@ -1,19 +1,21 @@
 """Per-image token grids from an MLM (and baselines), one grid per probe row.
 
-Rows, in order: ``"embeds"`` (the LM input embeddings at the image positions = the projector's output,
-the paper's *layer 0*), ``"<l>"`` for each captured LM layer ``l`` (that layer's image value tokens, the
-transformers layer index), ``"vision"`` (the MLM's own vision tower patch features, pre-projector) and
-``"encoder"`` (an un-finetuned encoder loaded separately, :class:`~vkvtrain.probes.encoder.VisionEncoder`).
+Rows, in order: ``"input_embeds"`` (the LM input embeddings at the image positions = the projector's output;
+the paper calls it *layer 0*, but it is not LM layer 0), ``"<l>"`` for each captured LM layer ``l`` (that
+layer's image value tokens, the transformers layer index: row ``"0"`` is the first decoder layer's values),
+``"vision"`` (the MLM's own vision tower patch features, pre-projector) and ``"encoder"`` (an un-finetuned
+encoder loaded separately, :class:`~vkvtrain.probes.encoder.VisionEncoder`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Sequence, cast
 
 import torch
 from PIL import Image
 from torch import Tensor
+from transformers import PreTrainedModel
 
 from vkvtrain.errors import CaptureError
 from vkvtrain.layers import resolve_layers
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 @dataclass
 class ImageFeatures:
     """One image's grids ``rows[name]`` ``(h, w, D_row)``, text values ``text[name]`` ``(D_row,)`` for
-    rows that have them (embeds and layers, when a text was given) and image keys ``keys[l]`` ``(h*w, kv_dim)``
+    rows that have them (input_embeds and layers, when a text was given) and image keys ``keys[l]`` ``(h*w, kv_dim)``
     (post-RoPE, the base grid row-major; anyres crops and newline tokens are left out) when asked for."""
 
     rows: dict[str, Tensor]
@@ -35,9 +37,17 @@ class ImageFeatures:
     keys: dict[int, Tensor] = field(default_factory=dict)
 
 
+#: the row of the LM input embeddings (projector output)
+INPUT_EMBEDS = "input_embeds"
+#: feature sources a probe run can read, in row order
+SOURCES = (INPUT_EMBEDS, "layers", "vision")
+#: rows that have no text value (text-grounded tasks leave them empty)
+IMAGE_ONLY_ROWS = ("vision", "encoder")
+
+
 def row_names(layers: Sequence[int], sources: Sequence[str], encoder: bool) -> list[str]:
-    """Probe rows for ``layers`` and ``sources`` (subset of embeds / layers / vision) in table order."""
-    rows = ["embeds"] if "embeds" in sources else []
+    """Probe rows for ``layers`` and ``sources`` (subset of :data:`SOURCES`) in table order."""
+    rows = [INPUT_EMBEDS] if INPUT_EMBEDS in sources else []
     rows += [str(layer) for layer in layers] if "layers" in sources else []
     rows += ["vision"] if "vision" in sources else []
     return rows + (["encoder"] if encoder else [])
@@ -56,24 +66,49 @@ def last_text_position(mlm: MLM, input_ids: Tensor, row: int, after: int) -> int
     return int(hits[-1]) - 1
 
 
+def shuffle_tokens(feats: ImageFeatures, generator: torch.Generator) -> ImageFeatures:
+    """The shuffled-tokens control: the same tokens of one image at permuted grid positions.
+
+    One permutation per token count is drawn from ``generator`` (CPU) and applied to every row's grid
+    ``(h, w, D)`` of that size and to the keys ``(h*w, kv_dim)``: the MLM's rows (input embeddings, layers,
+    vision features) share one grid, so they stay aligned with each other while their tokens leave their
+    positions; an encoder baseline with another patch grid gets its own permutation. Text values are left as
+    they are.
+    """
+    perms: dict[int, Tensor] = {}
+
+    def permute(tokens: Tensor) -> Tensor:  # (N, D) -> (N, D)
+        n = tokens.shape[0]
+        if n not in perms:
+            perms[n] = torch.randperm(n, generator=generator)
+        return tokens[perms[n].to(tokens.device)]
+
+    rows = {name: permute(grid.reshape(-1, grid.shape[-1])).reshape(grid.shape) for name, grid in feats.rows.items()}
+    keys = {layer: permute(k) for layer, k in feats.keys.items()}
+    return ImageFeatures(rows=rows, text=dict(feats.text), keys=keys)
+
+
 class FeatureExtractor:
     """Runs the MLM on one-image prompts and returns :class:`ImageFeatures` per image.
 
     Args:
-        layers: LM layers to read (None = all). sources: which of "embeds", "layers", "vision".
+        layers: LM layers to read (None = all). sources: which of :data:`SOURCES`.
         encoder: optional baseline encoder. batch_size: images per forward.
+        shuffle_seed: when set, every image's token grids are permuted (:func:`shuffle_tokens`) with a
+            generator seeded once here, so the n-th image gets the same permutation in every run.
     """
 
     def __init__(self, mlm: MLM, layers: Sequence[int] | None = None,
-                 sources: Sequence[str] = ("embeds", "layers", "vision"), encoder: VisionEncoder | None = None,
-                 batch_size: int = 8) -> None:
-        unknown = set(sources) - {"embeds", "layers", "vision"}
+                 sources: Sequence[str] = SOURCES, encoder: VisionEncoder | None = None,
+                 batch_size: int = 8, shuffle_seed: int | None = None) -> None:
+        unknown = set(sources) - set(SOURCES)
         if unknown:
-            raise ValueError(f"unknown feature sources {sorted(unknown)}; choose from embeds, layers, vision")
+            raise ValueError(f"unknown feature sources {sorted(unknown)}; choose from {list(SOURCES)}")
         self.mlm, self.encoder, self.batch_size = mlm, encoder, batch_size
         self.layers = resolve_layers(layers, mlm.num_layers, "probe layers")
         self.sources = list(sources)
         self.rows = row_names(self.layers, self.sources, encoder is not None)
+        self.shuffle = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image], texts: Sequence[str] | None = None,
@@ -87,6 +122,8 @@ class FeatureExtractor:
         if self.encoder is not None:
             for feats, grid in zip(out, self.encoder(images)):
                 feats.rows["encoder"] = grid
+        if self.shuffle is not None:
+            out = [shuffle_tokens(f, self.shuffle) for f in out]
         return out
 
     def _batch(self, images: Sequence[Image.Image], texts: Sequence[str] | None,
@@ -99,17 +136,17 @@ class FeatureExtractor:
         text_pos = [last_text_position(mlm, ids, b, batch.spans[b][0].stop) for b in range(len(images))] if texts else []
         use_layers = "layers" in self.sources or keys
         with mlm.capture(layers=self.layers if use_layers else [], keys=keys, values=True,
-                         input_embeds="embeds" in self.sources, vision_features="vision" in self.sources,
+                         input_embeds=INPUT_EMBEDS in self.sources, vision_features="vision" in self.sources,
                          text_positions=[(b, p) for b, p in enumerate(text_pos)]) as kv:
             mlm.model(**batch.inputs)
-        embed_table = mlm.model.get_input_embeddings()
+        embed_table = cast(PreTrainedModel, mlm.model).get_input_embeddings()
         result = []
         for b in range(len(images)):
             feats = ImageFeatures(rows={})
-            if "embeds" in self.sources:
-                feats.rows["embeds"] = kv.embeds(b, 0).grid("values").float()
+            if INPUT_EMBEDS in self.sources:
+                feats.rows[INPUT_EMBEDS] = kv.embeds(b, 0).grid("values").float()
                 if texts:
-                    feats.text["embeds"] = embed_table(ids[b, text_pos[b]]).float()
+                    feats.text[INPUT_EMBEDS] = embed_table(ids[b, text_pos[b]]).float()
             for layer in self.layers if "layers" in self.sources else []:
                 img = kv.image(layer, b, 0)
                 feats.rows[str(layer)] = img.grid("values").float()

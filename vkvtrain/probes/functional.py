@@ -5,8 +5,8 @@ Every function works on torch tensors on any device and keeps no state. Conventi
 * a token grid of features is ``(h, w, D)``; a mask is ``(H, W)`` bool at image resolution;
 * token -> pixel: token scores in ``[0, 1]`` (or per-class probabilities) are upsampled to the mask size
   with bilinear interpolation (``align_corners=False``; ``"nearest"`` on request), then thresholded at
-  0.5 (binary tasks) or arg-maxed (multi-label tasks). :func:`upsample_scores` is the only place this
-  happens;
+  0.5 (binary tasks) or arg-maxed (multi-label tasks) by :func:`upsample_scores`; the temporal probe alone
+  follows DINO's reference rules instead (:func:`first_frame_labels`, :func:`labels_to_mask`);
 * pixel -> token: a mask is area-averaged onto the grid (:func:`downsample_mask`), giving for every token
   the fraction of its pixels that are foreground; a token is foreground when that fraction is >= 0.5.
 """
@@ -16,8 +16,10 @@ from __future__ import annotations
 import math
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "scores_to_mask",
     "segmentation_stats",
     "fit_logistic_regression",
+    "foreground_fraction",
     "fewshot_segment",
     "kmeans",
     "cosegment",
@@ -35,7 +38,10 @@ __all__ = [
     "keypoints_to_tokens",
     "transfer_keypoints",
     "pck_correct",
+    "first_frame_labels",
+    "neighborhood_mask",
     "propagate_labels",
+    "labels_to_mask",
     "davis_j",
     "davis_f",
     "seg2bmap",
@@ -221,6 +227,25 @@ def _l2n(x: Tensor) -> Tensor:
     return F.normalize(x.float(), dim=-1)
 
 
+def foreground_fraction(mask: Tensor, grid: tuple[int, int], ignore: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per token, the foreground share of its non-void pixels, and whether the token is kept.
+
+    Args:
+        mask: ``(H, W)`` bool foreground. grid: ``(h, w)``. ignore: optional ``(H, W)`` bool void pixels.
+    Returns:
+        ``frac (h*w,)`` float in ``[0, 1]``: foreground pixels / non-void pixels of each token (0 for an
+        all-void token); ``keep (h*w,)`` bool: at most half of the token's pixels are void.
+    """
+    if ignore is None:
+        frac = downsample_mask(mask, grid).flatten()
+        return frac, torch.ones_like(frac, dtype=torch.bool)
+    void = ignore.bool()
+    valid = downsample_mask(~void, grid).flatten()  # share of non-void pixels
+    fg = downsample_mask(mask.bool() & ~void, grid).flatten()
+    frac = torch.where(valid > 0, fg / valid.clamp_min(1e-12), torch.zeros_like(fg))
+    return frac.clamp(0, 1), valid >= 0.5
+
+
 def fewshot_segment(
     support_feats: Sequence[Tensor],
     support_masks: Sequence[Tensor],
@@ -234,7 +259,7 @@ def fewshot_segment(
     """k-shot foreground segmentation with a linear classifier on tokens.
 
     Protocol: tokens are L2-normalised; each support token is labelled foreground when >= 50% of its
-    pixels are foreground (:func:`downsample_mask`), tokens that are > 50% ignore pixels are dropped, and a
+    non-void pixels are foreground (:func:`foreground_fraction`), tokens that are > 50% void are dropped, and a
     support image whose object is too small to own a token gives its most-foreground token as the
     positive; a logistic regression (:func:`fit_logistic_regression`) is fitted on all support tokens,
     its probabilities on the query tokens are upsampled to ``out_size`` and thresholded at 0.5.
@@ -250,16 +275,14 @@ def fewshot_segment(
     xs, ys = [], []
     for i, (f, m) in enumerate(zip(support_feats, support_masks)):
         grid = (f.shape[0], f.shape[1])
-        frac = downsample_mask(m.to(f.device), grid).flatten()
-        keep = torch.ones_like(frac, dtype=torch.bool)
         ign = None if support_ignore is None else support_ignore[i]
-        if ign is not None:
-            keep = downsample_mask(ign.to(f.device), grid).flatten() <= 0.5
+        frac, keep = foreground_fraction(m.to(f.device), grid, None if ign is None else ign.to(f.device))
+        frac, tokens = frac[keep], _l2n(f.reshape(-1, f.shape[-1]))[keep]
         label = frac >= 0.5
-        if not label.any() and frac.max() > 0:
+        if not label.any() and frac.numel() and frac.max() > 0:
             label = frac == frac.max()
-        xs.append(_l2n(f.reshape(-1, f.shape[-1]))[keep])
-        ys.append(label[keep])
+        xs.append(tokens)
+        ys.append(label)
     w, b = fit_logistic_regression(torch.cat(xs), torch.cat(ys), c=c, balanced=balanced)
     q = _l2n(query_feats)
     prob = torch.sigmoid(q @ w + b)  # (h, w)
@@ -462,42 +485,112 @@ def pck_correct(pred: Tensor, gt: Tensor, alpha: float, ref_size: float | Tensor
 
 
 # ------------------------------------------------------------------------- temporal correspondence
+# The protocol of DINO's reference video-segmentation evaluation (facebookresearch/dino,
+# eval_video_segmentation.py: read_seg, restrict_neighborhood, label_propagation, norm_mask and the loop of
+# eval_video_tracking_davis), with its defaults: n_last_frames=7, size_mask_neighborhood=12, topk=5 and the
+# affinity temperature 0.1 written into label_propagation.
+def first_frame_labels(mask: Tensor, grid: tuple[int, int], num_labels: int) -> Tensor:
+    """One-hot labels of the first frame on the token grid, as DINO's ``read_seg``.
+
+    The label map is resized to the grid with PIL's nearest-neighbour rule (not area-averaged), then
+    one-hot encoded.
+
+    Args:
+        mask: ``(H, W)`` integer labels (0 = background, 1.. objects), all ``< num_labels <= 256``.
+        grid: ``(h, w)`` token grid. num_labels: one-hot size (background + objects).
+    Returns:
+        ``(num_labels, h, w)`` float in {0, 1}.
+    """
+    if not 0 < num_labels <= 256:
+        raise ValueError(f"num_labels must be in 1..256 (labels are resized as an 8-bit image), got {num_labels}")
+    small = Image.fromarray(mask.to("cpu", torch.uint8).numpy()).resize((grid[1], grid[0]), Image.Resampling.NEAREST)
+    labels = torch.from_numpy(np.array(small)).long().to(mask.device)
+    return F.one_hot(labels, num_labels).permute(2, 0, 1).float()
+
+
+def neighborhood_mask(grid: tuple[int, int], radius: int, device: torch.device | None = None) -> Tensor:
+    """``(h*w, h*w)`` float: 1 where the source token lies within ``radius`` rows and columns of the query token
+    (DINO's ``restrict_neighborhood``; query index first)."""
+    h, w = grid
+    rows = torch.arange(h, device=device).repeat_interleave(w)
+    cols = torch.arange(w, device=device).repeat(h)
+    near = ((rows[:, None] - rows[None, :]).abs() <= radius) & ((cols[:, None] - cols[None, :]).abs() <= radius)
+    return near.float()
+
+
+#: smallest affinity temperature whose ``exp(1 / temperature)`` stays finite in float32
+MIN_TEMPERATURE = 1 / 88.0
+
+
 def propagate_labels(
     frame_feats: Sequence[Tensor],
     first_labels: Tensor,
-    n_context: int = 7,
+    n_last_frames: int = 7,
     topk: int = 5,
-    temperature: float = 0.07,
+    temperature: float = 0.1,
+    neighborhood: int = 12,
 ) -> list[Tensor]:
-    """Propagate first-frame labels through a clip by token affinity.
+    """Propagate first-frame labels through a clip by token affinity (DINO's ``label_propagation`` loop).
 
-    Protocol (as in DINO's video segmentation): tokens are L2-normalised; frame ``t`` reads the labels of
-    a context made of the first frame (ground truth) and the ``n_context`` previous frames (their
-    predictions); for each of its tokens the ``topk`` most similar context tokens are kept, weighted by
-    ``softmax(similarity / temperature)``, and their label distributions averaged.
+    Frame ``t`` reads a context of the first frame (its true labels) and the ``n_last_frames`` previous frames
+    (their propagated label distributions). Tokens are L2-normalised; the affinity of a target token to a
+    context token is ``exp(cosine / temperature)``, set to 0 outside a ``(2 * neighborhood + 1)``-token square
+    around the target's position (``neighborhood <= 0``: no window); per target token the ``topk`` largest
+    affinities over all context frames together are kept (ties with the k-th are kept too), normalised to sum
+    to 1, and the context labels averaged with those weights.
 
     Args:
         frame_feats: T tensors ``(h, w, D)`` (same grid).
-        first_labels: ``(C, h, w)`` label distribution of frame 0 (C = background + objects), e.g.
-            the area-averaged one-hot first mask.
+        first_labels: ``(C, h, w)`` label distribution of frame 0 (:func:`first_frame_labels`).
     Returns:
-        T tensors ``(C, h, w)``: label distributions (frame 0 is ``first_labels``).
+        T tensors ``(C, h, w)``: label distributions (frame 0 is ``first_labels``), not normalised further.
     """
     c, h, w = first_labels.shape
-    feats = [_l2n(f.reshape(-1, f.shape[-1])) for f in frame_feats]
-    if any(f.shape[0] != h * w for f in feats):
+    if temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be >= {MIN_TEMPERATURE:.4f} (exp(1/temperature) overflows float32), "
+                         f"got {temperature}")
+    n = h * w
+    feats = [f.reshape(-1, f.shape[-1]).float() for f in frame_feats]
+    if any(f.shape[0] != n for f in feats):
         raise ValueError("every frame must have the grid of the first labels")
-    labels = [first_labels.reshape(c, -1).T.float()]  # (N, C)
+    feats = [F.normalize(f, dim=1, p=2) for f in feats]  # (N, D)
+    window = neighborhood_mask((h, w), neighborhood, feats[0].device) if neighborhood > 0 else None
+    labels = [first_labels.reshape(c, n).float()]  # each (C, N)
     for t in range(1, len(feats)):
-        ctx_ids = [0] + list(range(max(1, t - n_context), t))
-        ctx_f = torch.cat([feats[i] for i in ctx_ids])
-        ctx_l = torch.cat([labels[i] for i in ctx_ids])
-        sim = feats[t] @ ctx_f.T  # (N, M)
-        kk = min(topk, sim.shape[1])
-        val, idx = sim.topk(kk, dim=1)
-        wgt = torch.softmax(val / temperature, dim=1)
-        labels.append((wgt[..., None] * ctx_l[idx]).sum(1))
-    return [lab.T.reshape(c, h, w) for lab in labels]
+        context = [0] + list(range(max(1, t - n_last_frames), t))
+        sources = torch.stack([feats[i].T for i in context])  # (n_ctx, D, N)
+        aff = torch.exp(torch.bmm(feats[t][None].expand(len(context), -1, -1), sources) / temperature)
+        if window is not None:
+            aff = aff * window  # (n_ctx, N target, N source)
+        aff = aff.transpose(2, 1).reshape(-1, n)  # (n_ctx * N source, N target)
+        kth = aff.topk(min(topk, aff.shape[0]), dim=0).values.min(dim=0).values
+        aff = torch.where(aff < kth, torch.zeros_like(aff), aff)
+        aff = aff / aff.sum(dim=0, keepdim=True)
+        context_labels = torch.cat([labels[i] for i in context], dim=1)  # (C, n_ctx * N)
+        labels.append(context_labels @ aff)
+    return [lab.reshape(c, h, w) for lab in labels]
+
+
+def labels_to_mask(probs: Tensor, out_size: tuple[int, int], patch_size: tuple[int, int]) -> Tensor:
+    """Token label distributions ``(C, h, w)`` -> ``(H, W)`` long label map, as DINO writes its predictions.
+
+    Bilinear upsampling by ``patch_size`` (``(row, column)`` factors; ``align_corners=False``) to
+    ``(h * ph, w * pw)``, per-label min-max normalisation over the image (labels whose maximum is 0 are left
+    as they are; ``norm_mask``), arg-max over labels, then a nearest-neighbour (PIL) resize to ``out_size``.
+    """
+    c = probs.shape[0]
+    if c > 256:
+        raise ValueError(f"at most 256 labels can be written as an 8-bit label map, got {c}")
+    up = F.interpolate(probs.float()[None], scale_factor=(float(patch_size[0]), float(patch_size[1])),
+                       mode="bilinear", align_corners=False, recompute_scale_factor=False)[0]
+    for k in range(c):
+        channel = up[k]
+        if channel.max() > 0:
+            channel = channel - channel.min()
+            up[k] = channel / channel.max()
+    label = up.argmax(dim=0).to("cpu", torch.uint8).numpy()
+    resized = Image.fromarray(label).resize((out_size[1], out_size[0]), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.array(resized)).long()
 
 
 def seg2bmap(seg: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Probe-suite reports: layer x task tables (JSON, CSV, markdown), heatmaps, and the layer-0 correlation."""
+"""Probe-suite reports: row x task tables (JSON, CSV, markdown), heatmaps, and the input-embedding correlation."""
 
 from __future__ import annotations
 
@@ -11,9 +11,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vkvtrain.plots import close, heatmap_figure
-from vkvtrain.probes.config import PRIMARY
+from vkvtrain.probes.config import ModelSpec
+from vkvtrain.probes.features import INPUT_EMBEDS
+from vkvtrain.probes.perception import PerceptionScore
+from vkvtrain.probes.tasks import REGISTRY
 
 Results = Mapping[str, Mapping[str, Mapping[str, float]]]  # task -> metric -> row -> value
+
+#: models with a perception score the correlation needs
+MIN_SCORED_MODELS = 3
+
+
+def _primary(task: str) -> str | None:
+    return REGISTRY[task].primary if task in REGISTRY else None
 
 
 def rows_of(results: Results) -> list[str]:
@@ -29,9 +39,13 @@ def columns_of(results: Results) -> list[str]:
     """``task.metric`` columns, the primary metric of each task first."""
     cols = []
     for task, metrics in results.items():
-        keys = sorted(metrics, key=lambda k: (k != PRIMARY.get(task), k))
+        keys = sorted(metrics, key=lambda k: (k != _primary(task), k))
         cols += [f"{task}.{k}" for k in keys]
     return cols
+
+
+def _primary_columns(results: Results) -> list[str]:
+    return [f"{t}.{_primary(t)}" for t in results if _primary(t) in results[t]]
 
 
 def _value(results: Results, col: str, row: str) -> float:
@@ -39,28 +53,39 @@ def _value(results: Results, col: str, row: str) -> float:
     return float(results[task][key].get(row, math.nan))
 
 
-def layer0_correlation(per_model: Mapping[str, Results], scores: Mapping[str, float],
-                       row: str = "embeds") -> dict[str, Any]:
-    """Pearson and Spearman correlation, across models, of each task's primary layer-0 score (row
-    ``embeds``: the input projection) and of their mean, with the models' perception scores.
+def input_embeds_correlation(per_model: Mapping[str, Results], scores: Mapping[str, PerceptionScore],
+                             row: str = INPUT_EMBEDS) -> dict[str, Any]:
+    """Pearson and Spearman correlation (scipy), across models, of each perception task's primary score on
+    the input-embedding row (the projector output; the paper's "layer 0") and of their mean, with the models'
+    perception scores (BLINK macro accuracy read from ``vkvtrain evaluate`` results).
 
-    Needs >= 3 models with a score and a finite layer-0 value; otherwise the entry says why.
+    With fewer than :data:`MIN_SCORED_MODELS` scored models the table is omitted and ``omitted`` says why; a
+    task with fewer finite values gets a ``note`` instead of coefficients.
     """
+    # scipy is imported only here: the correlation is the one place the reports need it
     from scipy import stats
 
     models = [m for m in per_model if m in scores]
-    out: dict[str, Any] = {"row": row, "models": models, "scores": [scores[m] for m in models]}
+    out: dict[str, Any] = {"row": row, "models": models, "scores": {m: scores[m].as_dict() for m in models}}
+    unscored = [m for m in per_model if m not in scores]
+    if len(models) < MIN_SCORED_MODELS:
+        out["omitted"] = (f"{len(models)} model(s) have a perception score, the correlation needs >= "
+                          f"{MIN_SCORED_MODELS}; give each model perception_results: the results.json of a "
+                          f"`vkvtrain evaluate` run of that model" + (f" (none for: {', '.join(unscored)})"
+                                                                      if unscored else ""))
+        return out
     per_task: dict[str, list[float]] = {}
     for task in next(iter(per_model.values()), {}):
-        if task in PRIMARY and task != "key_agnosticism":
-            per_task[task] = [float(per_model[m][task][PRIMARY[task]].get(row, math.nan)) for m in models]
+        if task in REGISTRY and REGISTRY[task].correlates:
+            per_task[task] = [float(per_model[m][task][REGISTRY[task].primary].get(row, math.nan)) for m in models]
     if per_task:
         per_task["mean"] = [sum(v[i] for v in per_task.values()) / len(per_task) for i in range(len(models))]
+    tasks: dict[str, Any] = {}
     for task, xs in per_task.items():
-        pairs = [(x, scores[m]) for x, m in zip(xs, models) if math.isfinite(x)]
-        entry: dict[str, Any] = {"layer0": xs}
-        if len(pairs) < 3:
-            entry["note"] = f"needs >= 3 models with a perception_score and a finite {row} value, got {len(pairs)}"
+        pairs = [(x, scores[m].value) for x, m in zip(xs, models) if math.isfinite(x)]
+        entry: dict[str, Any] = {"input_embeds": xs}
+        if len(pairs) < MIN_SCORED_MODELS:
+            entry["note"] = f"needs >= {MIN_SCORED_MODELS} models with a finite {row} value, got {len(pairs)}"
         else:
             a, b = [p[0] for p in pairs], [p[1] for p in pairs]
             if len(set(a)) < 2 or len(set(b)) < 2:
@@ -69,7 +94,8 @@ def layer0_correlation(per_model: Mapping[str, Results], scores: Mapping[str, fl
                 pr, sr = stats.pearsonr(a, b), stats.spearmanr(a, b)
                 entry.update(pearson=float(pr.statistic), pearson_p=float(pr.pvalue),
                              spearman=float(sr.statistic), spearman_p=float(sr.pvalue))
-        out[task] = entry
+        tasks[task] = entry
+    out["tasks"] = tasks
     return out
 
 
@@ -78,31 +104,39 @@ def _fmt(v: float) -> str:
 
 
 def markdown(per_model: Mapping[str, Results], correlation: Mapping[str, Any] | None = None) -> str:
-    """One layer x task table per model (primary metrics), then the correlation table."""
-    lines = ["# Probe results", ""]
+    """One row x task table per model (primary metrics), then the input-embedding correlation (or why not)."""
+    lines = ["# Probe results", "",
+             f"Rows: `{INPUT_EMBEDS}` = LM input embeddings (projector output; the paper's \"layer 0\"), "
+             "`0`..`n-1` = LM decoder layers (transformers index), `vision` / `encoder` = vision features.", ""]
     for model, results in per_model.items():
-        cols = [f"{t}.{PRIMARY[t]}" for t in results if PRIMARY.get(t) in results[t]]
+        cols = _primary_columns(results)
         lines += [f"## {model}", "", "| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for row in rows_of(results):
             lines.append(f"| {row} | " + " | ".join(_fmt(_value(results, c, row)) for c in cols) + " |")
         lines.append("")
     if correlation:
-        lines += [f"## Layer-0 ({correlation['row']}) score vs perception score across models", "",
-                  "| task | pearson | spearman | note |", "|---|---|---|---|"]
-        for task, entry in correlation.items():
-            if isinstance(entry, dict) and "layer0" in entry:
+        lines += [f"## Input embeddings (row `{correlation['row']}`) vs perception score across models", ""]
+        if "omitted" in correlation:
+            lines += [f"Omitted: {correlation['omitted']}.", ""]
+        else:
+            lines += ["| task | pearson | spearman | note |", "|---|---|---|---|"]
+            for task, entry in correlation["tasks"].items():
                 lines.append(f"| {task} | {_fmt(entry.get('pearson', math.nan))} | "
                              f"{_fmt(entry.get('spearman', math.nan))} | {entry.get('note', '')} |")
+            lines += ["", "Perception scores (BLINK macro accuracy):", ""]
+            lines += [f"- {m}: {100 * s['value']:.1f} ({s['n']} questions) from `{s['source']}`"
+                      for m, s in correlation["scores"].items()]
         lines.append("")
     return "\n".join(lines)
 
 
 def heatmap(results: Results, path: Path, title: str) -> Path:
     """A row x task heatmap of the primary metrics, saved as PNG."""
-    cols = [f"{t}.{PRIMARY[t]}" for t in results if PRIMARY.get(t) in results[t]]
+    cols = _primary_columns(results)
     rows = rows_of(results)
     data = np.array([[_value(results, c, r) for c in cols] for r in rows], dtype=float)
-    fig = heatmap_figure(data, rows, cols, title, row_title="row (LM layer index, or a named baseline)")
+    fig = heatmap_figure(data, rows, cols, title,
+                         row_title=f"row ({INPUT_EMBEDS} = projector output; numbers = LM layers)")
     fig.savefig(path, dpi=100)
     close(fig)
     return path
@@ -111,7 +145,7 @@ def heatmap(results: Results, path: Path, title: str) -> Path:
 def write_reports(per_model: Mapping[str, Results], out_dir: str | Path,
                   correlation: Mapping[str, Any] | None = None,
                   extras: Mapping[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``probes.json``, ``probes.csv``, ``probes.md`` and ``heatmap_<model>.png``; returns the paths."""
+    """Write ``probes.json``, ``probes.csv``, ``probes.md`` and ``heatmap_<i>_<model>.png``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "probes.json", "csv": out / "probes.csv", "md": out / "probes.md"}
@@ -134,12 +168,11 @@ def write_reports(per_model: Mapping[str, Results], out_dir: str | Path,
     return paths
 
 
-def model_names(specs: Sequence[Any]) -> list[str]:
-    """Unique display names (``name`` or ``spec``, marked when randomly initialised; duplicates get a ``#n``
-    suffix)."""
+def model_names(specs: Sequence[ModelSpec]) -> list[str]:
+    """Unique display names (each spec's ``display_name``; duplicates get a ``#n`` suffix)."""
     names: list[str] = []
     for s in specs:
-        base = s.name or (f"{s.spec} (random init)" if getattr(s, "random_init", False) else s.spec)
+        base = s.display_name
         name, n = base, 2
         while name in names:
             name, n = f"{base}#{n}", n + 1

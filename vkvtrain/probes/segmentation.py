@@ -15,6 +15,24 @@ from vkvtrain.probes import functional as PF
 from vkvtrain.probes.base import LayerwiseMetric, safe_div
 
 
+def class_miou(class_stats: Tensor, class_seen: Tensor) -> Tensor:
+    """Per-row mean class IoU from accumulated counts.
+
+    Args:
+        class_stats: ``(L, C, 2)`` per row and class ``[intersection, union]`` pixel counts.
+        class_seen: ``(C,)`` how many episodes / samples each class had (the same for every row).
+    Returns:
+        ``(L,)`` float64: mean over the classes with ``class_seen > 0`` of ``inter / union`` (1 where the union
+        is empty: empty truth and nothing predicted); NaN when no class was seen.
+    """
+    seen = class_seen > 0
+    if not seen.any():
+        return torch.full((class_stats.shape[0],), float("nan"), dtype=torch.float64, device=class_stats.device)
+    inter, union = class_stats[:, seen, 0].double(), class_stats[:, seen, 1].double()
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
+    return iou.mean(1)
+
+
 class FewShotSegmentation(LayerwiseMetric):
     """k-shot foreground segmentation (Pascal-5i protocol), per layer.
 
@@ -23,7 +41,10 @@ class FewShotSegmentation(LayerwiseMetric):
     per-class foreground intersection/union ``(L, C)`` and overall foreground/background
     intersection/union ``(L, 4)``. ``compute()`` returns
 
-    * ``miou``: mean over the classes seen of ``sum(inter_c) / sum(union_c)`` (the standard Pascal-5i mIoU);
+    * ``miou``: mean, over the classes that had an episode, of ``sum(inter_c) / sum(union_c)`` (the standard
+      Pascal-5i mIoU); a class whose union is empty in a row (empty truth, nothing predicted) scores 1 there.
+      Which classes count depends on the episodes only, never on any row's predictions, so each row's result
+      equals that row computed alone;
     * ``fbiou``: mean of foreground IoU and background IoU accumulated over all episodes.
 
     Example:
@@ -36,6 +57,9 @@ class FewShotSegmentation(LayerwiseMetric):
     """
 
     plot_keys = ("miou", "fbiou")
+    class_stats: Tensor
+    class_episodes: Tensor
+    fb_stats: Tensor
 
     def __init__(self, num_layers: int, num_classes: int = 21, c: float = 10.0, balanced: bool = True,
                  upsample: PF.Upsample = "bilinear", layer_names: Sequence[str] | None = None,
@@ -43,6 +67,7 @@ class FewShotSegmentation(LayerwiseMetric):
         super().__init__(num_layers, layer_names, **kwargs)
         self.num_classes, self.c, self.balanced, self.upsample = num_classes, c, balanced, upsample
         self.add_state("class_stats", torch.zeros(num_layers, num_classes, 2, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("class_episodes", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("fb_stats", torch.zeros(num_layers, 4, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, support_feats: Sequence[Sequence[Tensor] | Tensor], support_masks: Sequence[Tensor],
@@ -62,11 +87,10 @@ class FewShotSegmentation(LayerwiseMetric):
             st = PF.segmentation_stats(pred, query_mask.to(pred.device), query_ignore).to(self.fb_stats.device)
             self.fb_stats[layer] += st
             self.class_stats[layer, class_id] += st[:2]
+        self.class_episodes[class_id] += 1
 
     def compute(self) -> dict[str, Tensor]:
-        iou_c = safe_div(self.class_stats[..., 0], self.class_stats[..., 1])  # (L, C)
-        seen = self.class_stats[0, :, 1] > 0
-        miou = iou_c[:, seen].mean(1) if seen.any() else torch.full((self.num_layers,), float("nan"))
+        miou = class_miou(self.class_stats, self.class_episodes)
         fg = safe_div(self.fb_stats[:, 0], self.fb_stats[:, 1])
         bg = safe_div(self.fb_stats[:, 2], self.fb_stats[:, 3])
         return {"miou": miou.float(), "fbiou": ((fg + bg) / 2).float()}
@@ -82,6 +106,9 @@ class CoSegmentation(LayerwiseMetric):
     """
 
     plot_keys = ("jaccard", "precision")
+    jaccard_sum: Tensor
+    precision_sum: Tensor
+    count: Tensor
 
     def __init__(self, num_layers: int, k: int = 4, min_share: float = 0.05, min_image_frac: float = 0.5,
                  border_prior: bool = True, seed: int = 0, upsample: PF.Upsample = "bilinear",
@@ -122,12 +149,18 @@ class TextGroundedSegmentation(LayerwiseMetric):
     (:func:`~vkvtrain.probes.functional.text_grounding_scores`) and thresholded by
     :func:`~vkvtrain.probes.functional.grounded_mask`. ``compute()`` returns
 
-    * ``miou``: with ``num_classes`` (semantic), the mean over seen classes of accumulated class IoU;
-      without (referring), the mean of per-expression IoU;
+    * ``miou``: with ``num_classes`` (semantic), the mean over the classes that had a sample of accumulated
+      class IoU (1 for a class whose union is empty in that row, as in :class:`FewShotSegmentation`);
+      without (referring), the mean of per-expression IoU (1 for an expression with an empty union);
     * ``ciou``: cumulative IoU, ``sum(inter) / sum(union)`` over all samples (RefCOCO's cIoU).
     """
 
     plot_keys = ("miou", "ciou")
+    iou_sum: Tensor
+    totals: Tensor
+    count: Tensor
+    class_stats: Tensor
+    class_samples: Tensor
 
     def __init__(self, num_layers: int, num_classes: int | None = None,
                  threshold: float | Literal["mean"] = 0.5, upsample: PF.Upsample = "bilinear",
@@ -139,6 +172,7 @@ class TextGroundedSegmentation(LayerwiseMetric):
         self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("class_stats", torch.zeros(num_layers, num_classes or 1, 2, dtype=torch.long),
                        dist_reduce_fx="sum")
+        self.add_state("class_samples", torch.zeros(num_classes or 1, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, text_values: Sequence[Tensor] | Tensor, image_values: Sequence[Tensor] | Tensor,
                mask: Tensor, class_id: int | None = None, ignore: Tensor | None = None) -> None:
@@ -154,16 +188,16 @@ class TextGroundedSegmentation(LayerwiseMetric):
             st = PF.segmentation_stats(pred, mask.to(pred.device), ignore).to(self.totals.device)
             self.totals[layer] += st[:2]
             self.iou_sum[layer] += 1.0 if st[1] == 0 else float(st[0]) / float(st[1])
-            if self.num_classes is not None:
+            if class_id is not None and self.num_classes is not None:
                 self.class_stats[layer, class_id] += st[:2]
+        if class_id is not None and self.num_classes is not None:
+            self.class_samples[class_id] += 1
         self.count += 1
 
     def compute(self) -> dict[str, Tensor]:
         ciou = safe_div(self.totals[:, 0], self.totals[:, 1])
         if self.num_classes is not None:
-            seen = self.class_stats[0, :, 1] > 0
-            iou_c = safe_div(self.class_stats[..., 0], self.class_stats[..., 1])
-            miou = iou_c[:, seen].mean(1) if seen.any() else torch.full((self.num_layers,), float("nan"))
+            miou = class_miou(self.class_stats, self.class_samples)
         else:
             miou = safe_div(self.iou_sum, self.count)
         return {"miou": miou.float(), "ciou": ciou.float()}

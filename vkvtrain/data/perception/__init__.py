@@ -9,8 +9,8 @@ from vkvtrain.data.perception.imagenet_s import ImageNetS
 from vkvtrain.data.perception.msrc import MSRCCoseg
 from vkvtrain.data.perception.pascal5i import Pascal5i
 from vkvtrain.data.perception.refcoco import RefCOCO
-from vkvtrain.data.perception.schema import (TASKS, CosegGroup, FewShotEpisode, KeypointPair, PerceptionDataset,
-                                             SegSample, VideoClip)
+from vkvtrain.data.perception.schema import (CosegGroup, FewShotEpisode, KeypointPair, PerceptionDataset, SegSample,
+                                             VideoClip)
 from vkvtrain.data.perception.spair import SPair71k
 
 LOADERS = {
@@ -22,5 +22,5 @@ LOADERS = {
     "davis": DAVIS,
 }
 
-__all__ = ["DAVIS", "LOADERS", "TASKS", "CosegGroup", "FewShotEpisode", "ImageNetS", "KeypointPair", "MSRCCoseg",
+__all__ = ["DAVIS", "LOADERS", "CosegGroup", "FewShotEpisode", "ImageNetS", "KeypointPair", "MSRCCoseg",
            "Pascal5i", "PerceptionDataset", "RefCOCO", "SPair71k", "SegSample", "VideoClip"]

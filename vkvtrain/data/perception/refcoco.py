@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from vkvtrain.data.perception.plain_pickle import load_plain_pickle
 from vkvtrain.data.perception.schema import SegSample, require_dir, require_file
 from vkvtrain.errors import DatasetError
 from vkvtrain.images import load_image
@@ -56,15 +56,14 @@ class RefCOCO:
         inst_path = require_file(folder / "instances.json", "RefCOCO", LAYOUT)
         self.images_dir = Path(images_dir) if images_dir else self.root / "images" / "mscoco" / "images" / "train2014"
         require_dir(self.images_dir, "RefCOCO", LAYOUT)
+        refs = load_plain_pickle(refs_path, "RefCOCO")  # plain data only: a crafted file cannot run code
         try:
-            with open(refs_path, "rb") as fh:
-                refs = pickle.load(fh)
             inst = json.loads(inst_path.read_text())
             self.imgs = {im["id"]: im for im in inst["images"]}
             self.anns = {a["id"]: a for a in inst["annotations"]}
             self.cats = {c["id"]: c["name"] for c in inst["categories"]}
             self.samples = [(r, s["sent"]) for r in refs if r["split"] == split for s in r["sentences"]]
-        except (pickle.UnpicklingError, EOFError, json.JSONDecodeError, KeyError, TypeError) as err:
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DatasetError(f"RefCOCO: malformed {refs_path.name} or instances.json under {folder} ({err!r}). "
                                f"Expected:\n{LAYOUT}") from err
         if not self.samples:

@@ -26,9 +26,6 @@ from PIL import Image
 
 from vkvtrain.errors import DatasetError
 
-TASKS = ("fewshot", "coseg", "semantic", "referring", "keypoints", "temporal")
-
-
 @dataclass
 class SegSample:
     """One image with a binary target mask.
@@ -100,7 +97,8 @@ Item = TypeVar("Item", covariant=True)
 
 @runtime_checkable
 class PerceptionDataset(Protocol[Item]):
-    """What a loader or generator offers: ``task`` (one of :data:`TASKS`), ``len`` and indexing."""
+    """What a loader or generator offers: ``task`` (the probe task whose items it returns, see the table above),
+    ``len`` and indexing."""
 
     task: str
 
