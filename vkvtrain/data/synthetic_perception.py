@@ -32,7 +32,7 @@ class Shape:
     def class_id(self) -> int:
         return SHAPES.index(self.kind) + 1
 
-    def draw(self, draw: ImageDraw.ImageDraw, fill: object) -> None:
+    def draw(self, draw: ImageDraw.ImageDraw, fill: float | tuple[int, ...] | str) -> None:
         x0, y0, x1, y1 = self.box
         if self.kind == "circle":
             draw.ellipse(self.box, fill=fill)
@@ -46,7 +46,7 @@ def background(size: int, rng: random.Random) -> Image.Image:
     """A smooth random texture: 4x4 random colours upsampled bicubically to ``size``, muted to grey."""
     nrng = np.random.default_rng(rng.randrange(2**31))
     coarse = (nrng.uniform(60, 190, (4, 4, 3))).astype(np.uint8)
-    return Image.fromarray(coarse).resize((size, size), Image.BICUBIC)
+    return Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
 
 
 def random_shape(size: int, rng: random.Random, kind: str | None = None, color: str | None = None,
@@ -194,7 +194,7 @@ class SyntheticKeypointPairs(_Generator):
         ty = rng.uniform(lo_y, hi_y) if lo_y <= hi_y else (lo_y + hi_y) / 2
         # forward map p' = s * (p - c) + c + t; PIL wants the inverse map target -> source
         inv = (1 / s, 0.0, c - (c + tx) / s, 0.0, 1 / s, c - (c + ty) / s)
-        target = source.transform(source.size, Image.AFFINE, inv, resample=Image.BILINEAR)
+        target = source.transform(source.size, Image.Transform.AFFINE, inv, resample=Image.Resampling.BILINEAR)
 
         def fwd(p: torch.Tensor) -> torch.Tensor:
             return s * (p - c) + c + torch.tensor([tx, ty])
@@ -230,7 +230,8 @@ class SyntheticClips(_Generator):
         return VideoClip(f"clip{index}", frames, mask, [int(o) for o in mask[0].unique() if o != 0])
 
 
-def _clamp_box(box: tuple[float, float, float, float], dx: float, dy: float, size: int) -> tuple[float, ...]:
+def _clamp_box(box: tuple[float, float, float, float], dx: float, dy: float, size: int
+               ) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = box
     dx = min(max(dx, -x0), size - 1 - x1)
     dy = min(max(dy, -y0), size - 1 - y1)

@@ -24,6 +24,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from vkvtrain.data.blink import BLINK_SUBTASKS, LETTERS, BlinkQuestion
+from vkvtrain.data.blink_points import fill_points
 from vkvtrain.errors import RecipeError
 from vkvtrain.evaluation.latent import probe_correct_batch, probe_kind
 from vkvtrain.evaluation.parse import parse_choice
@@ -38,12 +39,19 @@ __all__ = ["EvalOptions", "ProbeOptions", "evaluate_blink", "parse_choice", "is_
 
 @dataclass
 class ProbeOptions:
-    """Latent probes. layers: LM layers probed (None = all). probe_layer: int or "heldout"."""
+    """Latent probes. layers: LM layers probed (None = all). probe_layer: int or "heldout".
+
+    locate_markers: find the point markers drawn into the pixels of point-marked questions that carry no
+    coordinates (hub/local BLINK), so the point probes run on them (vkvtrain.data.blink_points).
+    marker_cache: folder of the per-question localisation cache (None = <vkvtrain cache>/markers).
+    """
 
     enabled: bool = True
     layers: list[int] | None = None
     probe_layer: int | str = "heldout"
     heldout_fraction: float = 0.3
+    locate_markers: bool = True
+    marker_cache: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.probe_layer, str) and self.probe_layer != "heldout":
@@ -80,6 +88,7 @@ def _length_key(q: BlinkQuestion) -> tuple[int, int, int]:
 
 
 def _record(q: BlinkQuestion, a: Answer, mode: str) -> dict[str, Any]:
+    """One responses.jsonl line; ``points`` (the coordinates the point probes used) where the question has them."""
     if mode == "likelihood":
         assert a.scores is not None
         prediction: str | None = LETTERS[max(range(len(a.scores)), key=a.scores.__getitem__)]
@@ -94,6 +103,7 @@ def _record(q: BlinkQuestion, a: Answer, mode: str) -> dict[str, Any]:
         "scores": a.scores,
         "prediction": prediction,
         "correct": prediction is not None and prediction == q.answer,
+        **({"points": {im: {k: list(xy) for k, xy in m.items()} for im, m in q.points.items()}} if q.points else {}),
     }
 
 
@@ -106,13 +116,18 @@ def evaluate_blink(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Answer ``questions`` in batches; returns (records, results).
 
-    records: one dict per question (idx, sub_task, answer, response, scores, prediction, correct, and
-    ``probe_correct`` (per probed layer) where a probe applies). results: see report.summarize, plus
-    ``latent`` when probes ran. logger: a wandb Run or Lightning WandbLogger; the tables are logged to it.
+    records: one dict per question (idx, sub_task, answer, response, scores, prediction, correct,
+    ``probe_correct`` (per probed layer) where a probe applies, and ``points`` where the question has marked
+    points). results: see report.summarize, plus ``latent`` when probes ran and ``markers`` (per subtask:
+    questions searched for drawn markers, located, not_found with reasons) when markers were looked for.
+    logger: a wandb Run or Lightning WandbLogger; the tables are logged to it.
     """
     from tqdm.auto import tqdm
 
     opts = options or EvalOptions()
+    markers: dict[str, Any] = {}
+    if opts.probes.enabled and opts.probes.locate_markers:
+        questions, markers = fill_points(questions, opts.probes.marker_cache)
     run_probes = opts.probes.enabled and any(probe_kind(q) is not None for q in questions)
     layers = resolve_layers(opts.probes.layers, mlm.num_layers, "probes.layers") if run_probes else []
     if run_probes and opts.probes.probe_layer != "heldout":
@@ -159,6 +174,8 @@ def evaluate_blink(
     results = summarize(records)
     results["mode"] = opts.mode
     results["model"] = getattr(mlm, "name", None)
+    if markers:
+        results["markers"] = markers
     if run_probes:
         assert gap_eval is not None and gap_select is not None
         results["latent"] = latent_summary(gap_eval, gap_select, layers, opts.probes, mlm.num_layers)
