@@ -8,22 +8,28 @@ ring centres found again.
 Drawing: :func:`draw_markers` renders that look (anti-aliased ring at the exact sub-pixel centre, label in
 DejaVu Sans Bold, the font matplotlib ships) and returns the exact normalised centres it drew.
 
-Finding (:func:`find_markers`, :func:`locate_markers`), classical image processing written for this module
-(numpy + scipy.ndimage; no learned model):
+Finding (:func:`find_markers`, :func:`locate_markers`): classical image processing written for this module
+(numpy + scipy.ndimage; no learned model), in three steps.
 
-1. Label text: connected components of white, low-chroma pixels whose surrounding frame is black (the box);
-   glyphs side by side at one height are grouped into a word.
-2. Label reading: the word's ink, normalised between the box black and the text white, is correlated
-   (Pearson) with the few possible labels rendered in DejaVu Sans / DejaVu Sans Bold at the word's pixel size
-   (template matching; words whose aspect ratio differs by more than ``ASPECT_TOLERANCE`` are not compared).
-   A word is read only when its best label scores >= ``MIN_LABEL_SCORE`` and beats every other label by
-   ``MIN_LABEL_MARGIN``.
-3. Ring: above and below the word, a matched filter (mean colour score on an annulus minus the mean on a band
-   just outside it, over a range of radii) on a red score ``R - max(G, B)`` and a white score
-   ``min(R, G, B) - chroma`` finds the ring; it must beat its surroundings by ``MIN_RING_CONTRAST`` and be
-   closed (every one of 8 sectors at least ``SECTOR_SHARE`` of that contrast), which rejects red edges and
-   blobs on busy or red backgrounds. The centre is refined to sub-pixel precision by the background-subtracted
-   colour centroid over the ring.
+1. Label text: connected components of white, low-chroma pixels whose outer boundary is mostly black (the
+   box), at three luminance thresholds (text that a 1 px box edge no longer separates from a bright
+   surround separates at a higher one); pieces that touch, and glyphs side by side at one height, form a
+   word.
+2. Label reading (template matching): the word's ink, normalised between the box black and the text white,
+   is correlated (Pearson, on a 24 px high grid) with the possible labels rendered in DejaVu Sans and DejaVu
+   Sans Bold at the word's own pixel size, and with a ring (a white ring is a white shape on a dark
+   surround too). Words whose aspect ratio differs by more than ``ASPECT_TOLERANCE`` are not compared. A
+   word is read only when a label scores >= ``MIN_LABEL_SCORE`` and beats every other candidate by
+   ``MIN_LABEL_MARGIN``; of overlapping readings the whole word wins over its parts.
+3. Ring: where BLINK puts it (centred under the label box, or above it when the label did not fit above
+   the ring, entirely inside the image, clear of the box), a matched filter over radii from 0.25 to 1.1
+   text heights (mean colour score on an annulus minus the mean on a band just outside, the box's pixels
+   neutralised) on a red score ``R - max(G, B)`` (or a white score ``min(R, G, B) - chroma``) proposes
+   rings. A ring must beat its surroundings by ``MIN_RING_CONTRAST``, be closed (every eighth of it at least
+   ``SECTOR_SHARE`` of that contrast above them) and have a hole (``HOLE_SHARE``): red edges, arcs and
+   blobs of busy or red backgrounds fail. Of rings nearly as pure as the purest (``NEAR_TIE``), the one
+   nearest the label wins. The centre is refined to sub-pixel precision by a least-squares circle through
+   the middle of the stroke along 48 rays (:func:`_refine`).
 
 Coordinates are normalised: x = column / width, y = row / height, with pixel (i, j) covering
 [j, j + 1) x [i, i + 1), the convention of :mod:`vkvtrain.evaluation.latent`.
@@ -41,6 +47,8 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 from scipy.signal import fftconvolve
 
+from vkvtrain.errors import DatasetError
+
 Point = tuple[float, float]
 Color = tuple[int, int, int]
 
@@ -55,8 +63,9 @@ MIN_LABEL_MARGIN = 0.08
 ASPECT_TOLERANCE = 1.7
 MIN_RING_CONTRAST = 45.0
 SECTOR_SHARE = 0.3
+HOLE_SHARE = 0.25
 NEAR_TIE = 0.85  # rings this close to the purest one are told apart by their distance to the label
-_TEXT_HEIGHTS = (3, 90)  # px range of label text heights searched
+_TEXT_HEIGHTS = (5, 90)  # px range of label text heights searched
 
 
 # ----------------------------------------------------------------------------------------------- drawing
@@ -147,7 +156,8 @@ def draw_markers(image: Image.Image, marks: Mapping[str, Point], style: MarkerSt
     pixels = np.asarray(rgb, dtype=np.float64).copy()
     for label, (x, y) in marks.items():
         if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-            raise ValueError(f"marker {label!r} at {(x, y)} is outside the image; coordinates are in [0, 1]")
+            raise DatasetError(f"marker {label!r} at {(x, y)} is outside the image; give coordinates in [0, 1] "
+                               "(x = column / width, y = row / height)")
         _draw_ring(pixels, (x * W, y * H), style)
     out = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(out)
@@ -402,13 +412,16 @@ def _find_ring(rgb: np.ndarray, score: np.ndarray, color: str, box: tuple[int, i
     wx0, wy0, wx1, wy1 = _clip((x0b - reach_x, y0b - int(3.5 * th), x1b + reach_x, y1b + int(3.5 * th)), W, H)
     radii = sorted({max(1.5, round(float(r) * 4) / 4) for r in th * np.geomspace(0.25, 1.1, 14)})
     pad = _ring_kernels(radii[-1])[3] + 1
-    y0, y1, x0, x1 = max(0, wy0 - pad), min(H, wy1 + pad), max(0, wx0 - pad), min(W, wx1 + pad)
-    if min(y1 - y0, x1 - x0) < 3:
+    if min(wy1 - wy0, wx1 - wx0) < 1:
         return None
-    local = score[y0:y1, x0:x1].astype(np.float64)  # everything below is in window coordinates
-    colors = rgb[y0:y1, x0:x1]
+    # everything below is in window coordinates: the window plus ``pad``, edge-replicated past the image
+    y0, y1, x0, x1 = wy0 - pad, wy1 + pad, wx0 - pad, wx1 + pad
+    widths = ((max(0, -y0), max(0, y1 - H)), (max(0, -x0), max(0, x1 - W)))
+    inside = (slice(max(0, y0), min(H, y1)), slice(max(0, x0), min(W, x1)))
+    local = np.pad(score[inside].astype(np.float64), widths, mode="edge")
+    colors = np.pad(rgb[inside], (*widths, (0, 0)), mode="edge")
     bx0, by0, bx1, by1 = _label_box(rgb, box)
-    lbx0, lby0, lbx1, lby1 = max(bx0 - x0, 0), max(by0 - y0, 0), max(bx1 - x0, 0), max(by1 - y0, 0)
+    lbx0, lby0, lbx1, lby1 = bx0 - x0, by0 - y0, bx1 - x0, by1 - y0
     frame = np.zeros(local.shape, bool)
     frame[max(lby0 - 2, 0): lby1 + 2, max(lbx0 - 2, 0): lbx1 + 2] = True
     frame[lby0:lby1, lbx0:lbx1] = False
@@ -416,8 +429,8 @@ def _find_ring(rgb: np.ndarray, score: np.ndarray, color: str, box: tuple[int, i
         local[lby0:lby1, lbx0:lbx1] = np.median(local[frame])
     resp = np.stack([fftconvolve(local, (_ring_kernels(r)[0] - _ring_kernels(r)[1])[::-1, ::-1], mode="same")
                      for r in radii])  # (R, h, w)
-    rows = np.arange(y0, y1) - y0
-    cols = np.arange(x0, x1) - x0
+    rows = np.arange(y1 - y0)
+    cols = np.arange(x1 - x0)
     in_window = (((rows >= wy0 - y0) & (rows < wy1 - y0))[:, None]
                  & ((cols >= wx0 - x0) & (cols < wx1 - x0))[None, :])
     for ri, radius in enumerate(radii):  # the ring lies wholly above or below the label box, never on it
@@ -426,12 +439,18 @@ def _find_ring(rgb: np.ndarray, score: np.ndarray, color: str, box: tuple[int, i
         resp[ri][~(in_window & clear[:, None])] = -np.inf
     flat = resp.max(axis=0)
     peaks = (flat == ndi.maximum_filter(flat, size=3)) & (flat >= MIN_RING_CONTRAST)
+    at_border = bx0 <= 1 or bx1 >= W - 1
     candidates = []
     for r, c in zip(*np.nonzero(peaks)):
         ri = int(np.argmax(resp[:, r, c]))
         radius, contrast = radii[ri], float(resp[ri, r, c])
         ann, out, sector, half = _ring_kernels(radius)
-        if _closed(local, (int(c), int(r)), ann, out, sector, half, contrast):
+        cxa, cya, outer = c + 0.5 + x0, r + 0.5 + y0, radius + max(1.0, 0.5 * radius) / 2
+        if not (outer <= cxa <= W - outer and outer <= cya <= H - outer):
+            continue  # the ring must lie inside the image
+        if not _where_blink_puts_it(cxa, cya, radius, (bx0, by0, bx1, by1), th, at_border):
+            continue
+        if _closed(local, (int(c), int(r)), radius, contrast):
             level = float((local[r - half: r + half + 1, c - half: c + half + 1] * ann).sum())
             candidates.append((level, radius, int(c), int(r), contrast))
     if not candidates:
@@ -448,6 +467,20 @@ def _find_ring(rgb: np.ndarray, score: np.ndarray, color: str, box: tuple[int, i
     _, radius, cx, cy, contrast = min((cand for cand in candidates if cand[0] >= NEAR_TIE * strongest), key=distance)
     fx, fy = _refine(colors, local, (cx, cy), radius)
     return _Ring((fx + x0, fy + y0), contrast, color)
+
+
+def _where_blink_puts_it(cx: float, cy: float, radius: float, box: tuple[int, int, int, int], th: int,
+                         at_border: bool) -> bool:
+    """BLINK's placement: the label box is centred over its ring (shifted sideways only where it would leave
+    the image) and above it, below only when there is no room above (the ring is near the image's top).
+    ``box`` and the centre are in the same coordinates, y from the image's top."""
+    bx0, by0, bx1, by1 = box
+    outer = radius + max(1.0, 0.5 * radius) / 2
+    if not at_border and abs(cx - (bx0 + bx1) / 2) > 0.3 * th + 1.5:
+        return False
+    if cy < by0:  # ring above its label: only when the label did not fit above the ring
+        return cy - outer - (by1 - by0) < 0.8 * th
+    return True
 
 
 def _label_box(rgb: np.ndarray, ink: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
@@ -472,20 +505,21 @@ def _label_box(rgb: np.ndarray, ink: tuple[int, int, int, int]) -> tuple[int, in
     return x0 - grown[2] + ox, y0 - grown[0] + oy, x1 + grown[3] + ox, y1 + grown[1] + oy
 
 
-def _closed(score: np.ndarray, center: tuple[int, int], ann: np.ndarray, out: np.ndarray, sector: np.ndarray,
-            half: int, contrast: float) -> bool:
-    """Every eighth of the annulus beats the surroundings by SECTOR_SHARE of the ring's contrast."""
+def _closed(score: np.ndarray, center: tuple[int, int], radius: float, contrast: float) -> bool:
+    """A ring, not an arc or a blob: every eighth of the annulus beats the surroundings by SECTOR_SHARE of
+    the ring's contrast, and the hole is below the annulus by HOLE_SHARE of it (a filled disc has none)."""
+    ann, out, sector, half = _ring_kernels(radius)
     cx, cy = center
-    H, W = score.shape
-    if cy - half < 0 or cx - half < 0 or cy + half + 1 > H or cx + half + 1 > W:
-        return False  # the ring must lie inside the image
     patch = score[cy - half: cy + half + 1, cx - half: cx + half + 1]
     background = float((patch * out).sum())
     for s in range(8):
         part = sector == s
         if not part.any() or float(patch[part].mean()) - background < SECTOR_SHARE * contrast:
             return False
-    return True
+    yy, xx = np.mgrid[-half: half + 1, -half: half + 1]
+    hole = np.hypot(xx, yy) <= radius - max(1.0, 0.5 * radius) / 2 - 0.5
+    level = float((patch * ann).sum())
+    return not hole.any() or float(patch[hole].mean()) <= level - HOLE_SHARE * contrast
 
 
 def _refine(rgb: np.ndarray, score: np.ndarray, center: tuple[int, int], radius: float) -> tuple[float, float]:
@@ -592,7 +626,8 @@ def find_markers(image: Image.Image, labels: Sequence[str] = LABELS, ring_colors
             scores["white"][max(0, y0 - 1): y1 + 1, max(0, x0 - 1): x1 + 1] = 0
     found: list[FoundMarker] = []
     kept: list[tuple[int, int, int, int]] = []
-    for score, margin, label, word in sorted(readings, key=lambda r: -r[0]):
+    # the whole word before its parts (an ink level that splits "REF" may read its "E" alone), then by score
+    for score, margin, label, word in sorted(readings, key=lambda r: (-_area(r[3].box), -r[0])):
         if any(_overlap(word.box, box) > 0.3 for box in kept):
             continue  # the same text read at another ink level
         kept.append(word.box)
@@ -601,6 +636,10 @@ def find_markers(image: Image.Image, labels: Sequence[str] = LABELS, ring_colors
             found.append(FoundMarker(label, (ring.center[0] / W, ring.center[1] / H), score, margin,
                                      ring.contrast, word.box, ring.color))
     return found
+
+
+def _area(box: tuple[int, int, int, int]) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
 
 
 def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
