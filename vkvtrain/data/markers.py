@@ -25,7 +25,8 @@ Finding (:func:`find_markers`, :func:`locate_markers`): classical image processi
    the ring, entirely inside the image, clear of the box), a matched filter over radii from 0.25 to 1.1
    text heights (mean colour score on an annulus minus the mean on a band just outside, the box's pixels
    neutralised) on a red score ``R - max(G, B)`` (or a white score ``min(R, G, B) - chroma``) proposes
-   rings. A ring must beat its surroundings by ``MIN_RING_CONTRAST``, be closed (every eighth of it at least
+   rings. A ring must beat its surroundings by ``MIN_RING_CONTRAST`` (``QUIET_RING_CONTRAST`` where the
+   window's score is quiet: 4 robust noise sigmas), be closed (every eighth of it at least
    ``SECTOR_SHARE`` of that contrast above them) and have a hole (``HOLE_SHARE``): red edges, arcs and
    blobs of busy or red backgrounds fail. Of rings nearly as pure as the purest (``NEAR_TIE``), the one
    nearest the label wins. The centre is refined to sub-pixel precision by a least-squares circle through
@@ -62,6 +63,7 @@ MIN_LABEL_SCORE = 0.55
 MIN_LABEL_MARGIN = 0.08
 ASPECT_TOLERANCE = 1.7
 MIN_RING_CONTRAST = 45.0
+QUIET_RING_CONTRAST = 20.0  # the bar in quiet surroundings: 4 noise sigmas (robust, from the MAD), at least this
 SECTOR_SHARE = 0.3
 HOLE_SHARE = 0.25
 NEAR_TIE = 0.85  # rings this close to the purest one are told apart by their distance to the label
@@ -438,7 +440,9 @@ def _find_ring(rgb: np.ndarray, score: np.ndarray, color: str, box: tuple[int, i
         clear = (rows + 0.5 - outer >= lby1 - 0.5) | (rows + 0.5 + outer <= lby0 + 0.5)
         resp[ri][~(in_window & clear[:, None])] = -np.inf
     flat = resp.max(axis=0)
-    peaks = (flat == ndi.maximum_filter(flat, size=3)) & (flat >= MIN_RING_CONTRAST)
+    sigma = 1.4826 * float(np.median(np.abs(local - np.median(local))))
+    bar = min(MIN_RING_CONTRAST, max(QUIET_RING_CONTRAST, 4 * sigma))
+    peaks = (flat == ndi.maximum_filter(flat, size=3)) & (flat >= bar)
     at_border = bx0 <= 1 or bx1 >= W - 1
     candidates = []
     for r, c in zip(*np.nonzero(peaks)):
