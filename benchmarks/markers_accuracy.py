@@ -24,12 +24,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from scipy import ndimage as ndi
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread, set before numpy's BLAS starts
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy import ndimage as ndi  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from vkvtrain.data.blink_style.common import separated  # noqa: E402
 from vkvtrain.data.markers import WHITE, MarkerStyle, draw_markers, find_markers  # noqa: E402
@@ -166,7 +168,8 @@ def measure_renderings(sizes: list[int], n: int) -> list[dict[str, object]]:
         for side in sizes:
             w, h = side, int(side * 0.75)
             rng = np.random.default_rng([side, len(kind)])
-            errors, fully, markers, right, false_pos = [], 0, 0, 0, 0
+            errors, fully, false_pos = [], 0, 0
+            markers, right = {"red": 0, "white": 0}, {"red": 0, "white": 0}
             start = time.perf_counter()
             for i in range(n):
                 ref_img, cand_img = texture(kind, w, h, rng), texture(kind, w, h, rng)
@@ -177,18 +180,21 @@ def measure_renderings(sizes: list[int], n: int) -> list[dict[str, object]]:
                 ok = True
                 for clean, marks, style in layouts:
                     marked, exact = draw_markers(clean, marks, style)
-                    colors = ("white", "red") if style.ring_color == WHITE else ("red",)
+                    ring = "white" if style.ring_color == WHITE else "red"
+                    colors = ("white", "red") if ring == "white" else ("red",)
                     got = {m.label: m for m in find_markers(marked, ring_colors=colors)}
                     ok &= set(got) == set(marks)
                     for label, (x, y) in exact.items():
-                        markers += 1
+                        markers[ring] += 1
                         if label in got:
-                            right += 1
+                            right[ring] += 1
                             errors.append(float(np.hypot((got[label].xy[0] - x) * w, (got[label].xy[1] - y) * h)))
                 fully += ok
                 false_pos += len(find_markers(ref_img, ring_colors=("red", "white")))
             row = {"background": kind, "size": f"{w}x{h}", "images": 3 * n, "all_markers_found": f"{fully}/{n}",
-                   "markers_found": f"{right}/{markers}", "max_px": round(max(errors), 2) if errors else None,
+                   "red_found": f"{right['red']}/{markers['red']}",
+                   "white_found": f"{right['white']}/{markers['white']}",
+                   "max_px": round(max(errors), 2) if errors else None,
                    "mean_px": round(float(np.mean(errors)), 3) if errors else None, "false_positives": false_pos,
                    "s_per_image": round((time.perf_counter() - start) / (4 * n), 3)}
             print("  ", json.dumps(row))
