@@ -3,7 +3,11 @@
 Every question follows the hub schema (see :mod:`vkvtrain.data.blink`): same subtask names, image slots,
 number of choices, choice wording, ``prompt`` layout ("<question>\\nSelect from the following choices.\\n
 (A) ...") and ``"(A)"``-style answers, plus a ``points`` field (JSON) carrying the coordinates of every
-marked point, which the real data only draws into the pixels.
+marked point, which the real data only draws into the pixels. Points are marked as BLINK marks them
+(:func:`vkvtrain.data.markers.draw_markers`: red rings, white on Relative_Reflectance, labels in white on
+black boxes), and Visual_Correspondence, Relative_Depth and Relative_Reflectance ask BLINK's own question
+text (:mod:`vkvtrain.data.blink_questions`). At 64 px the markers cover a larger share of the image than on
+BLINK's photos; their coordinates are exact at any size.
 
 How close each subtask is to the original:
 
