@@ -3,7 +3,11 @@
 Every question follows the hub schema (see :mod:`vkvtrain.data.blink`): same subtask names, image slots,
 number of choices, choice wording, ``prompt`` layout ("<question>\\nSelect from the following choices.\\n
 (A) ...") and ``"(A)"``-style answers, plus a ``points`` field (JSON) carrying the coordinates of every
-marked point, which the real data only draws into the pixels.
+marked point, which the real data only draws into the pixels. Points are marked as BLINK marks them
+(:func:`vkvtrain.data.markers.draw_markers`: red rings, white on Relative_Reflectance, labels in white on
+black boxes), and Visual_Correspondence, Relative_Depth and Relative_Reflectance ask BLINK's own question
+text (:mod:`vkvtrain.data.blink_questions`). At 64 px the markers cover a larger share of the image than on
+BLINK's photos; their coordinates are exact at any size.
 
 How close each subtask is to the original:
 
@@ -26,22 +30,33 @@ API: :func:`synthetic_blink` -> ``datasets.DatasetDict`` keyed by subtask; :func
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from vkvtrain.data.blink import (
     BLINK_SUBTASKS,
-    IMAGE_FIELDS,
     LETTERS,
     BlinkQuestion,
     Point,
     check_subtasks,
 )
+from vkvtrain.data.blink_questions import (
+    RELATIVE_DEPTH,
+    RELATIVE_DEPTH_CHOICES,
+    RELATIVE_REFLECTANCE,
+    RELATIVE_REFLECTANCE_CHOICES,
+    VISUAL_CORRESPONDENCE,
+    blink_prompt,
+    point_choices,
+)
+from vkvtrain.data.blink_rows import blink_features, questions_to_rows
+from vkvtrain.data.markers import WHITE, MarkerStyle, draw_markers
 from vkvtrain.errors import DatasetError
+
+__all__ = ["GENERATORS", "questions_to_rows", "synthetic_blink", "synthetic_blink_questions", "write_synthetic_blink"]
 
 Rng = np.random.Generator
 _ORDINAL = ("first", "second", "third", "fourth")
@@ -61,37 +76,22 @@ class _Item:
         self.question, self.images, self.choices, self.answer, self.points = question, images, choices, answer, points
 
 
-def _prompt(question: str, choices: Sequence[str]) -> str:
-    lines = "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(choices))
-    return f"{question}\nSelect from the following choices.\n{lines}"
-
-
 # ----------------------------------------------------------------------------- drawing helpers
 def _smooth_scene(rng: Rng, size: int, cells: int = 4) -> np.ndarray:
     """(size, size, 3) uint8 smooth random colour field (a bicubic-upsampled cells x cells noise)."""
     low = rng.integers(0, 256, size=(cells, cells, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC))
+    return np.asarray(Image.fromarray(low).resize((size, size), Image.Resampling.BICUBIC))
 
 
 def _blocky_scene(rng: Rng, size: int, cells: int = 8) -> np.ndarray:
     low = rng.integers(0, 256, size=(cells, cells, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(low).resize((size, size), Image.NEAREST))
+    return np.asarray(Image.fromarray(low).resize((size, size), Image.Resampling.NEAREST))
 
 
 def _stripes(size: int, angle: float, freq: float, phase: float, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     t = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
     return (c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]).astype(np.uint8)
-
-
-def _mark(img: Image.Image, xy: Point, label: str, color: str = "red") -> None:
-    """Draw a BLINK-style marker (circle + label) at normalised ``xy``."""
-    w, h = img.size
-    x, y = xy[0] * w, xy[1] * h
-    r = max(2, w // 32)
-    d = ImageDraw.Draw(img)
-    d.ellipse([x - r, y - r, x + r, y + r], outline=color, width=1)
-    d.text((x + r + 1, y - r - 1), label, fill=color)
 
 
 def _to_pil(a: np.ndarray) -> Image.Image:
@@ -188,12 +188,9 @@ def _correspondence_item(
     cands, ans = _shuffle(rng, target, wrong[:3])
     while len(cands) < 4:  # rare: too few far-away random points
         cands.append(_distinct_points(rng, 1)[0])
-    a, b = _to_pil(img1), _to_pil(img2)
-    _mark(a, ref, "REF")
-    for i, p in enumerate(cands):
-        _mark(b, p, LETTERS[i])
-    points = {"image_1": {"REF": ref}, "image_2": {LETTERS[i]: p for i, p in enumerate(cands)}}
-    return _Item(question, [a, b], [f"Point {LETTERS[i]}" for i in range(4)], ans, points)
+    a, marks_1 = draw_markers(_to_pil(img1), {"REF": ref})
+    b, marks_2 = draw_markers(_to_pil(img2), {LETTERS[i]: p for i, p in enumerate(cands)})
+    return _Item(question, [a, b], point_choices(4), ans, {"image_1": marks_1, "image_2": marks_2})
 
 
 def _visual_correspondence(rng: Rng, s: int) -> _Item:
@@ -204,18 +201,14 @@ def _visual_correspondence(rng: Rng, s: int) -> _Item:
     img2 = big[o + dy : o + dy + s, o + dx : o + dx + s]
     ref = (float(rng.uniform(0.35, 0.65)), float(rng.uniform(0.35, 0.65)))
     target = (ref[0] - dx / s, ref[1] - dy / s)
-    return _correspondence_item(
-        rng, img1, img2, ref, target,
-        "A point is circled on the first image, labeled with REF. We change the camera position or lighting "
-        "and shoot the second image. Which point on the second image corresponds to the same point?",
-    )
+    return _correspondence_item(rng, img1, img2, ref, target, VISUAL_CORRESPONDENCE)
 
 
 def _semantic_correspondence(rng: Rng, s: int) -> _Item:
     obj = _smooth_scene(rng, s // 2)
     scale = float(rng.uniform(0.8, 1.2))
     osz = int(s // 2 * scale)
-    obj2 = np.asarray(_to_pil(obj).resize((osz, osz), Image.BILINEAR))
+    obj2 = np.asarray(_to_pil(obj).resize((osz, osz), Image.Resampling.BILINEAR))
     img1, img2 = _smooth_scene(rng, s) // 3, _smooth_scene(rng, s) // 3
     x1, y1 = (int(v) for v in rng.integers(0, s - s // 2 + 1, 2))
     x2, y2 = (int(v) for v in rng.integers(0, s - osz + 1, 2))
@@ -337,18 +330,9 @@ def _two_points(rng: Rng) -> tuple[Point, Point]:
 
 def _relative_depth(rng: Rng, s: int) -> _Item:
     yy = np.linspace(60, 220, s)[:, None, None] * np.ones((1, s, 3))
-    img = _to_pil(np.clip(yy + rng.integers(-10, 11, (s, s, 3)), 0, 255))
     a, b = _two_points(rng)
-    _mark(img, a, "A")
-    _mark(img, b, "B")
-    return _Item(
-        "Two points are circled on the image, labeled by A and B beside each circle. Which point is closer "
-        "to the camera?",
-        [img],
-        ["A is closer", "B is closer"],
-        0 if a[1] > b[1] else 1,
-        {"image_1": {"A": a, "B": b}},
-    )
+    img, marks = draw_markers(_to_pil(np.clip(yy + rng.integers(-10, 11, (s, s, 3)), 0, 255)), {"A": a, "B": b})
+    return _Item(RELATIVE_DEPTH, [img], list(RELATIVE_DEPTH_CHOICES), 0 if a[1] > b[1] else 1, {"image_1": marks})
 
 
 def _relative_reflectance(rng: Rng, s: int) -> _Item:
@@ -360,17 +344,8 @@ def _relative_reflectance(rng: Rng, s: int) -> _Item:
     top_a = a[1] < b[1]
     mid = int((a[1] + b[1]) / 2 * s)
     arr[:mid], arr[mid:] = (ga, gb) if top_a else (gb, ga)
-    img = _to_pil(arr)
-    _mark(img, a, "A")
-    _mark(img, b, "B")
-    return _Item(
-        "Two points are circled on the image, labeled by A and B beside each circle. Which point has darker "
-        "surface color, or the colors is about the same?",
-        [img],
-        ["A is darker", "B is darker", "About the same"],
-        case,
-        {"image_1": {"A": a, "B": b}},
-    )
+    img, marks = draw_markers(_to_pil(arr), {"A": a, "B": b}, MarkerStyle.for_image(s, s, ring_color=WHITE))
+    return _Item(RELATIVE_REFLECTANCE, [img], list(RELATIVE_REFLECTANCE_CHOICES), case, {"image_1": marks})
 
 
 def _spatial_relation(rng: Rng, s: int) -> _Item:
@@ -404,7 +379,8 @@ GENERATORS: dict[str, Callable[[Rng, int], _Item]] = {
 assert set(GENERATORS) == set(BLINK_SUBTASKS)
 
 
-def _items(n_per_subtask: int, seed: int, subtasks: Sequence[str] | None, image_size: int, split: str):
+def _items(n_per_subtask: int, seed: int, subtasks: Sequence[str] | None, image_size: int, split: str
+           ) -> Iterator[tuple[str, str, _Item]]:
     if n_per_subtask < 1:
         raise DatasetError(f"n_per_subtask must be >= 1, got {n_per_subtask}")
     if image_size < 16:
@@ -429,7 +405,7 @@ def synthetic_blink_questions(
             idx=idx,
             sub_task=name,
             question=it.question,
-            prompt=_prompt(it.question, it.choices),
+            prompt=blink_prompt(it.question, it.choices),
             choices=list(it.choices),
             images=it.images,
             answer=LETTERS[it.answer],
@@ -438,41 +414,6 @@ def synthetic_blink_questions(
         )
         for name, idx, it in _items(n_per_subtask, seed, subtasks, image_size, split)
     ]
-
-
-def _features() -> Any:
-    import datasets
-
-    return datasets.Features(
-        {
-            "idx": datasets.Value("string"),
-            "question": datasets.Value("string"),
-            "sub_task": datasets.Value("string"),
-            **{k: datasets.Image() for k in IMAGE_FIELDS},
-            "choices": datasets.Sequence(datasets.Value("string")),
-            "answer": datasets.Value("string"),
-            "prompt": datasets.Value("string"),
-            "explanation": datasets.Value("string"),
-            "points": datasets.Value("string"),
-        }
-    )
-
-
-def questions_to_rows(questions: Sequence[BlinkQuestion]) -> dict[str, list[Any]]:
-    """Column dict in the hub schema (+ ``points`` as JSON) for ``datasets.Dataset.from_dict``."""
-    cols: dict[str, list[Any]] = {k: [] for k in _features()}
-    for q in questions:
-        cols["idx"].append(q.idx)
-        cols["question"].append(q.question)
-        cols["sub_task"].append(q.sub_task)
-        for j, k in enumerate(IMAGE_FIELDS):
-            cols[k].append(q.images[j] if j < len(q.images) else None)
-        cols["choices"].append(list(q.choices))
-        cols["answer"].append(f"({q.answer})" if q.answer else "hidden")
-        cols["prompt"].append(q.prompt)
-        cols["explanation"].append(q.explanation)
-        cols["points"].append(json.dumps(q.points) if q.points else "")
-    return cols
 
 
 def synthetic_blink(
@@ -489,7 +430,7 @@ def synthetic_blink(
     out = {}
     for name in check_subtasks(subtasks):
         rows = questions_to_rows([q for q in qs if q.sub_task == name])
-        out[name] = datasets.Dataset.from_dict(rows, features=_features())
+        out[name] = datasets.Dataset.from_dict(rows, features=blink_features())
     return datasets.DatasetDict(out)
 
 

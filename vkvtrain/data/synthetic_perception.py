@@ -32,7 +32,7 @@ class Shape:
     def class_id(self) -> int:
         return SHAPES.index(self.kind) + 1
 
-    def draw(self, draw: ImageDraw.ImageDraw, fill: int | tuple[int, ...]) -> None:
+    def draw(self, draw: ImageDraw.ImageDraw, fill: float | tuple[int, ...] | str) -> None:
         x0, y0, x1, y1 = self.box
         if self.kind == "circle":
             draw.ellipse(self.box, fill=fill)
@@ -230,8 +230,8 @@ class SyntheticClips(_Generator):
         return VideoClip(f"clip{index}", frames, mask, [int(o) for o in mask[0].unique() if o != 0])
 
 
-def _clamp_box(box: tuple[float, float, float, float], dx: float, dy: float,
-               size: int) -> tuple[float, float, float, float]:
+def _clamp_box(box: tuple[float, float, float, float], dx: float, dy: float, size: int
+               ) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = box
     dx = min(max(dx, -x0), size - 1 - x1)
     dy = min(max(dy, -y0), size - 1 - y1)

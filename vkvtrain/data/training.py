@@ -1,5 +1,8 @@
 """Training/validation rows through `datasets`: a hub id, a local parquet file/folder, a save_to_disk folder,
-or a synthetic BLINK-style set (``synthetic://blink?n_per_subtask=4&subtasks=Counting,Jigsaw&image_size=32``).
+a synthetic BLINK-style set (``synthetic://blink?n_per_subtask=4&subtasks=Counting,Jigsaw&image_size=32``) or
+BLINK-style questions on real photos built from datasets with ground truth
+(``blinkstyle://real?hpatches=DIR&spair=DIR&middlebury=DIR&n_per_subtask=N``, see
+:mod:`vkvtrain.data.blink_style`; built once into the vkvtrain cache).
 
 A row becomes a :class:`TrainingExample` (images, question, answer, optional task name and choices). Image
 columns may hold PIL images, ``datasets.Image`` dicts, or None (BLINK's unused image_3/image_4 slots).
@@ -14,14 +17,21 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vkvtrain.data.synthetic_blink import questions_to_rows, synthetic_blink_questions
+from vkvtrain.data.blink_rows import questions_to_rows
+from vkvtrain.data.blink_style import cached_blink_style
+from vkvtrain.data.synthetic_blink import synthetic_blink_questions
 from vkvtrain.errors import DatasetError
 from vkvtrain.images import decode_image, undecoded_image_columns
 
 SYNTHETIC_SCHEME = "synthetic://"
+BLINK_STYLE_SCHEME = "blinkstyle://"
+# A recipe's BLINK revision before the user pins one: loading refuses it (see _hub).
+REVISION_PLACEHOLDER = "PIN-A-BLINK-COMMIT"
 
 
 @dataclass
@@ -29,8 +39,10 @@ class DataSource:
     """Where one split comes from and which columns hold what (a recipe section).
 
     Attributes:
-        source: hub id, local path (parquet file, folder of parquet files, save_to_disk folder) or
-            ``synthetic://blink?n_per_subtask=N&subtasks=A,B&seed=S&image_size=P``.
+        source: hub id, local path (parquet file, folder of parquet files, save_to_disk folder),
+            ``synthetic://blink?n_per_subtask=N&subtasks=A,B&seed=S&image_size=P`` or
+            ``blinkstyle://real?hpatches=DIR&spair=DIR&middlebury=DIR&n_per_subtask=N&seed=S&max_side=P&``
+            ``exclude_blink=DIR&spair_split=trn`` (any subset of the roots; vkvtrain.data.blink_style).
         split: split name ("train", "validation"...); for synthetic sources also the id prefix.
         subset: hub config name (e.g. a BLINK subtask), if the dataset has several.
         image_columns: columns holding images, in prompt order; None cells are skipped.
@@ -40,7 +52,8 @@ class DataSource:
         choices_field: optional column with answer options (BLINK-style validation); "" for none.
         points_field: optional JSON column of marked points (synthetic BLINK ``points``); "" for none.
         limit: keep only the first ``limit`` rows.
-        revision: hub revision to pin.
+        revision: hub revision to pin (a commit sha); the recipes' placeholder ``PIN-A-BLINK-COMMIT`` is refused
+            at load time until it is replaced.
     """
 
     source: str
@@ -72,6 +85,8 @@ def load_rows(spec: DataSource) -> Any:
     """The ``datasets.Dataset`` of one split, columns checked; raises DatasetError naming what is missing."""
     if spec.source.startswith(SYNTHETIC_SCHEME):
         dataset = _synthetic(spec)
+    elif spec.source.startswith(BLINK_STYLE_SCHEME):
+        dataset = _blink_style(spec)
     else:
         path = Path(spec.source).expanduser()
         dataset = _local(path, spec) if path.exists() else _hub(spec)
@@ -126,6 +141,14 @@ def _local(path: Path, spec: DataSource) -> Any:
 
 
 def _hub(spec: DataSource) -> Any:
+    if spec.revision == REVISION_PLACEHOLDER:
+        raise DatasetError(
+            f"the revision of {spec.source!r} ({spec.subset}, split {spec.split}) is the recipe's placeholder "
+            f"{REVISION_PLACEHOLDER!r}: pin the commit to validate on, e.g. data.val.revision=<40-hex sha> "
+            f"(the current one: huggingface_hub.HfApi().dataset_info({spec.source!r}).sha), or set it to null to "
+            "take whatever the hub serves today. BLINK's answers have changed since release, so numbers from "
+            "different revisions are not comparable."
+        )
     try:
         obj = datasets.load_dataset(spec.source, spec.subset, revision=spec.revision)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
@@ -153,6 +176,32 @@ def _synthetic(spec: DataSource) -> Any:
         split=spec.split,
     )
     return datasets.Dataset.from_dict(questions_to_rows(questions))
+
+
+def _blink_style(spec: DataSource) -> Any:
+    url = urlparse(spec.source)
+    if url.netloc != "real":
+        raise DatasetError(f"unknown BLINK-style source {spec.source!r}; use blinkstyle://real?hpatches=DIR&spair=DIR.")
+    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+    paths = {"hpatches", "spair", "middlebury", "exclude_blink"}
+    numbers = {"n_per_subtask", "seed", "max_side"}
+    known = paths | numbers | {"spair_split"}
+    if set(query) - known:
+        raise DatasetError(f"unknown option(s) {sorted(set(query) - known)} in {spec.source!r}; known: {sorted(known)}.")
+    for name in sorted(paths & set(query)):
+        if not Path(query[name]).expanduser().is_dir():
+            raise DatasetError(
+                f"{name}={query[name]!r} in {spec.source!r} is not a directory. Download the dataset in its native "
+                f"layout (vkvtrain.data.blink_style.{'leakage' if name == 'exclude_blink' else name} describes it) and "
+                "point the option at it, drop the option, or train on synthetic://blink?n_per_subtask=100 instead."
+            )
+    try:
+        kwargs: dict[str, Any] = {k: int(v) if k in numbers else v for k, v in query.items()}
+    except ValueError as err:
+        raise DatasetError(f"{spec.source!r}: {sorted(numbers & set(query))} must be integers ({err}).") from err
+    folder = cached_blink_style(split=spec.split, **kwargs)
+    files = sorted(folder.glob(f"*/{spec.split}.parquet"))
+    return datasets.Dataset(pa.concat_tables([pq.read_table(f) for f in files]))
 
 
 def to_example(row: dict[str, Any], spec: DataSource, index: int | None = None) -> TrainingExample:

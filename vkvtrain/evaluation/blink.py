@@ -22,8 +22,10 @@ import zlib
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from vkvtrain.data.blink import BLINK_SUBTASKS, LETTERS, BlinkQuestion
+from vkvtrain.data.blink_points import fill_points
 from vkvtrain.errors import RecipeError
 from vkvtrain.evaluation.config import EvalConfig, ProbeConfig
 from vkvtrain.evaluation.latent import probe_correct_batch, probe_kind
@@ -48,6 +50,7 @@ def _length_key(q: BlinkQuestion) -> tuple[int, int, int]:
 
 
 def _record(q: BlinkQuestion, a: Answer, mode: str, parser: str = "strict") -> dict[str, Any]:
+    """One responses.jsonl line; ``points`` (the coordinates the point probes used) where the question has them."""
     if mode == "likelihood":
         assert a.scores is not None
         prediction: str | None = LETTERS[max(range(len(a.scores)), key=a.scores.__getitem__)]
@@ -62,6 +65,7 @@ def _record(q: BlinkQuestion, a: Answer, mode: str, parser: str = "strict") -> d
         "scores": a.scores,
         "prediction": prediction,
         "correct": prediction is not None and prediction == q.answer,
+        **({"points": {im: {k: list(xy) for k, xy in m.items()} for im, m in q.points.items()}} if q.points else {}),
     }
 
 
@@ -76,16 +80,20 @@ def evaluate_blink(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Answer ``questions`` in batches; returns (records, results).
 
-    config: the answer keys used here are mode, batch_size, max_new_tokens, prompt and probes.
+    config: the answer keys used here are mode, batch_size, max_new_tokens, prompt, parser and probes.
     records: one dict per question, in input order (idx, sub_task, answer, response, scores, prediction,
-    correct, and ``probe_correct`` (per probed layer) where a probe applies). results: see report.summarize
-    (over ``subtasks``, default the questions' own), plus ``latent`` when probes ran. logger: a wandb Run or
-    Lightning WandbLogger; the tables are logged to it. shard: this process's part of a sharded run.
+    correct, ``probe_correct`` (per probed layer) where a probe applies, and ``points`` where the question has
+    marked points). results: see report.summarize (over ``subtasks``, default the questions' own), plus
+    ``latent`` when probes ran and ``markers`` (per subtask: questions searched for drawn markers, located,
+    not_found with reasons) when markers were looked for. logger: a wandb Run or Lightning WandbLogger; the
+    tables are logged to it. shard: this process's part of a sharded run.
     """
-    from tqdm.auto import tqdm
 
     opts = config or EvalConfig()
     shard = shard or Shard()
+    markers: dict[str, Any] = {}
+    if opts.probes.enabled and opts.probes.locate_markers:
+        questions, markers = fill_points(questions, opts.probes.marker_cache)
     run_probes = opts.probes.enabled and any(probe_kind(q) is not None for q in questions)
     layers = resolve_layers(opts.probes.layers, mlm.num_layers, "probes.layers") if run_probes else []
     if run_probes and opts.probes.probe_layer != "heldout":
@@ -130,6 +138,8 @@ def evaluate_blink(
     results = summarize(records, subtasks)
     results["mode"] = opts.mode
     results["model"] = getattr(mlm, "name", None)
+    if markers:
+        results["markers"] = markers
     if run_probes:
         results["latent"] = latent_summary(records, layers, opts.probes, mlm.num_layers)
     if logger is not None:

@@ -72,12 +72,19 @@ class DataConfig:
 
 @dataclass
 class ProbeConfig:
-    """Latent probes. layers: LM layers probed (None = all). probe_layer: int or "heldout"."""
+    """Latent probes. layers: LM layers probed (None = all). probe_layer: int or "heldout".
+
+    locate_markers: find the point markers drawn into the pixels of point-marked questions that carry no
+    coordinates (hub/local BLINK), so the point probes run on them (vkvtrain.data.blink_points).
+    marker_cache: folder of the per-question localisation cache (None = <vkvtrain cache>/markers).
+    """
 
     enabled: bool = True
     layers: list[int] | None = None
     probe_layer: int | str = "heldout"
     heldout_fraction: float = 0.3
+    locate_markers: bool = True
+    marker_cache: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.probe_layer, str) and self.probe_layer != "heldout":

@@ -131,6 +131,19 @@ def markdown(results: dict[str, Any]) -> str:
         if unchosen and latent["layer_selection"] == "heldout":
             lines += ["", f"No held-out questions to choose a layer on in: {', '.join(unchosen)}. Evaluate more "
                       "questions or fix the layer (probes.probe_layer); per-layer numbers are in results.json."]
+    markers = results.get("markers")
+    if markers:
+        lines += [
+            "",
+            "## Point markers read from the pixels",
+            "",
+            "Questions without coordinates whose drawn markers were located (the point probes use them); a "
+            "question whose markers are not all found is left without a point probe (reasons in results.json).",
+            "",
+            "| subtask | questions | located | not found |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [f"| {name} | {v['questions']} | {v['located']} | {v['not_found']} |" for name, v in markers.items()]
     return "\n".join(lines) + "\n"
 
 
