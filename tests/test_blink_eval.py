@@ -11,9 +11,15 @@ import torch
 from helpers_blink import one_torch_thread  # noqa: F401 (autouse fixture)
 from vkvtrain.data.blink import BLINK_SUBTASKS
 from vkvtrain.data.synthetic_blink import write_synthetic_blink
-from vkvtrain.evaluation.cli import main, parse_config
+from vkvtrain.cli import main as cli_main
+from vkvtrain.evaluation.cli import parse_config
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "eval" / "blink.yaml")
+
+
+def main(argv: list[str]) -> int:
+    """``python -m vkvtrain evaluate ARGV``."""
+    return cli_main(["evaluate", *argv])
 
 
 def _read(out: Path) -> tuple[dict, list[dict], str]:
@@ -25,7 +31,7 @@ def _read(out: Path) -> tuple[dict, list[dict], str]:
 def test_tiny_evaluation_over_all_14_subtasks_from_local_folder(tmp_path: Path, capsys) -> None:
     root = write_synthetic_blink(tmp_path / "blink", n_per_subtask=1, seed=0, image_size=32)
     out = tmp_path / "out"
-    rc = main(["evaluate", CONFIG, "--model", "tiny://llava_onevision", "--data.root", str(root),
+    rc = main([CONFIG, "--model", "tiny://llava_onevision", "--data.root", str(root),
                "--output_dir", str(out), "--probes.probe_layer", "-1", "--batch_size", "5"])
     assert rc == 0, capsys.readouterr().err
     res, recs, md = _read(out)

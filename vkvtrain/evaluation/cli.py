@@ -1,8 +1,9 @@
 """``python -m vkvtrain evaluate eval/blink.yaml [--model M] [--ckpt_path P] [--data.root DIR] ...``
 
-Parses a YAML config plus dotted overrides into :class:`EvalConfig` (unknown keys fail naming the key),
-loads the model (and a trained checkpoint's interventions), loads the questions, evaluates and writes
-results.json, responses.jsonl and results.md into ``output_dir``.
+The config (positional or -c/--config) plus dotted overrides is parsed into :class:`EvalConfig` by vkvtrain's
+one parser (vkvtrain.arguments: unknown keys fail naming the key). The run loads the model (and a trained
+checkpoint's interventions), loads the questions, evaluates and writes results.json, responses.jsonl and
+results.md into ``output_dir``.
 """
 
 from __future__ import annotations
@@ -12,46 +13,58 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from vkvtrain.errors import RecipeError, VKVError
+from vkvtrain.arguments import parse_call
+from vkvtrain.errors import RecipeError
 from vkvtrain.evaluation.config import EvalConfig
+from vkvtrain.evaluation.protocol import LMMS_EVAL_PRE_PROMPT
+from vkvtrain.outcome import Outcome
+from vkvtrain.outputs import check_writable_dir
 
 
-def build_parser() -> Any:
-    from jsonargparse import ActionConfigFile, ArgumentParser
+def evaluate(config: EvalConfig) -> Outcome:
+    """Evaluate a base model or a trained checkpoint on BLINK (eval/README.md documents every key).
 
-    parser = ArgumentParser(
-        prog="python -m vkvtrain evaluate",
-        description="Evaluate a base model or a trained checkpoint on BLINK (see eval/README.md).",
-        exit_on_error=False,
+    Writes results.json, responses.jsonl and results.md into output_dir; with wandb.project set, also a W&B run.
+    """
+    check_writable_dir(config.output_dir, "output_dir")  # before the (slow) model load
+    if config.wandb.project and config.wandb.save_dir:
+        check_writable_dir(config.wandb.save_dir, "wandb.save_dir")
+    results = run(config)
+    out = Path(config.output_dir)
+    figures = {}
+    if results.get("macro") is not None:
+        figures[f"BLINK {config.data.split}"] = (
+            f"macro {100 * results['macro']:.1f}, micro {100 * results['micro']:.1f} over {results['n']} questions "
+            f"({protocol_name(config)})"
+        )
+    else:
+        figures[f"BLINK {config.data.split}"] = f"no gold answers to score ({results['n']} questions answered)"
+    return Outcome(
+        title=f"evaluate {config.model}" + (f" with {config.ckpt_path}" if config.ckpt_path else ""),
+        outputs={name: str(out / name) for name in ("results.json", "responses.jsonl", "results.md")},
+        figures=figures,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config (also accepted positionally)")
-    parser.add_class_arguments(EvalConfig, as_group=False)
-    return parser
+
+
+def protocol_name(config: EvalConfig) -> str:
+    """How the numbers were obtained, in a few words (the protocol is documented in eval/README.md)."""
+    prompt = config.prompt
+    lmms = prompt.pre_prompt == LMMS_EVAL_PRE_PROMPT and prompt.post_prompt == "" and prompt.prefix is None
+    words = "lmms-eval prompt" if lmms else "custom prompt"
+    if config.mode == "generate":
+        words += f", greedy generation (max {config.max_new_tokens} new tokens) read by the strict parser"
+    else:
+        words += f", likelihood ranking of '{prompt.continuation}' continuations ({prompt.length_norm} log-prob)"
+    return "protocol: " + words
 
 
 def parse_config(argv: Sequence[str]) -> EvalConfig:
-    """argv (without the subcommand) -> EvalConfig. A first argument without a dash is the config file."""
-    from jsonargparse import ArgumentError
-
+    """argv (an optional leading ``evaluate`` dropped) -> EvalConfig, through vkvtrain's one parser."""
     args = list(argv)
     if args and args[0] == "evaluate":
         args = args[1:]
-    if args and not args[0].startswith("-"):
-        if not Path(args[0]).is_file():
-            raise RecipeError(f"config file {args[0]} does not exist")
-        args = ["--config", *args]
-    parser = build_parser()
-    try:
-        ns = parser.parse_args(args)
-        cfg = parser.instantiate(ns)
-    except (ArgumentError, ValueError, TypeError) as error:
-        if isinstance(error, VKVError):
-            raise
-        raise RecipeError(f"invalid evaluate config: {error}".strip()) from error
-    cfg.pop("config", None)
-    if hasattr(cfg, "as_dict"):
-        cfg = cfg.as_dict()
-    return EvalConfig(**{k: v for k, v in dict(cfg).items() if k != "__path__"})
+    (config,), _ = parse_call(evaluate, args, "python -m vkvtrain evaluate")
+    return config  # type: ignore[no-any-return]
 
 
 def load_questions(cfg: EvalConfig) -> list[Any]:
@@ -174,16 +187,4 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         log_wandb(results, run_)
         run_.finish()
     print((out / "results.md").read_text())
-    macro = results["macro"]
-    print(f"BLINK macro {100 * macro:.1f}" if macro is not None else "BLINK: no gold answers", f"-> {out}")
     return results
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point used by ``python -m vkvtrain evaluate``; returns the exit code."""
-    try:
-        run(parse_config(sys.argv[1:] if argv is None else argv))
-        return 0
-    except VKVError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2

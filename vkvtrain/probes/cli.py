@@ -3,52 +3,56 @@
 Examples::
 
     python -m vkvtrain probe eval/probes.yaml
-    python -m vkvtrain probe eval/probes.yaml --model tiny://qwen2_5_vl --tasks fewshot,keypoints \\
+    python -m vkvtrain probe eval/probes.yaml --model tiny://qwen2_5_vl --tasks [fewshot,keypoints] \\
         --prefix.mode generic --data.fewshot.n 2 --output_dir runs/probes_qwen
 
-Every key of the YAML can be overridden with ``--<dotted.key> <value>`` (values are read as YAML);
-``--model X`` replaces the model list by one model. Unknown keys fail naming the key.
+Every key of the YAML can be overridden with ``--<dotted.key> <value>`` (values are YAML; a list also by
+repeating its key: ``--tasks fewshot --tasks keypoints``); ``--model X`` replaces the model list by one model.
+Unknown keys fail naming the key (vkvtrain.arguments parses every command the same way).
 """
 
 from __future__ import annotations
 
-import sys
+import math
 from pathlib import Path
 
-from vkvtrain.errors import RecipeError, VKVError
-from vkvtrain.probes.config import ProbeConfig, load_config
+from vkvtrain.outcome import Outcome
+from vkvtrain.outputs import check_writable_dir
+from vkvtrain.probes.config import PRIMARY, ModelSpec, ProbeConfig
 
 
-def parse_argv(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
-    """``[config] --a.b v ...`` -> (config path or None, [(dotted, value)]). ``--a.b=v`` also works."""
-    config: str | None = None
-    overrides: list[tuple[str, str]] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--"):
-            key = arg[2:]
-            if "=" in key:
-                key, value = key.split("=", 1)
-            elif i + 1 < len(argv):
-                i += 1
-                value = argv[i]
-            else:
-                raise RecipeError(f"override {arg} has no value; write {arg} <value>")
-            if key in ("config", "c"):
-                config = value
-            else:
-                overrides.append((key, value))
-        elif config is None:
-            config = arg
-        else:
-            raise RecipeError(f"unexpected argument {arg!r}; give one config file and --dotted.key value overrides")
-        i += 1
-    return config, overrides
+def probe(config: ProbeConfig, model: str | None = None) -> Outcome:
+    """Run the probe suite (eval/PROBES.md) on each model; write probes.json, probes.csv, probes.md and heatmaps.
+
+    Args:
+        model: shorthand for one model (hub id, local folder or tiny://<family>) in place of the config's models.
+    """
+    if model is not None:
+        config.models = [ModelSpec(spec=model)]
+    check_writable_dir(config.output_dir, "output_dir")  # before any model loads
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    paths = run(config, results)
+    figures = {}
+    for name, per_task in results.items():
+        best = []
+        for task, metrics in per_task.items():
+            values = {row: v for row, v in metrics.get(PRIMARY[task], {}).items() if not math.isnan(v)}
+            if values:
+                row = max(values, key=values.__getitem__)
+                best.append(f"{task}.{PRIMARY[task]} {values[row]:.3f} ({_row_name(row)})")
+        figures[f"{name}: best row per task"] = "; ".join(best) or "no finite value"
+    return Outcome(title=f"probe ({len(config.models)} model(s), {len(config.tasks)} task(s))",
+                   outputs={kind: str(path) for kind, path in paths.items()}, figures=figures)
 
 
-def run(cfg: ProbeConfig) -> dict[str, Path]:
-    """Load each model, run the suite, write the reports; returns the written paths."""
+def _row_name(row: str) -> str:
+    """Row keys of the suite: ``embeds`` (LM input embeddings), ``vision`` (vision tower) or an LM layer index."""
+    return row if row in ("embeds", "vision") else f"LM layer {row}"
+
+
+def run(cfg: ProbeConfig, results: dict | None = None) -> dict[str, Path]:
+    """Load each model, run the suite, write the reports; returns the written paths (``results``, when given,
+    receives ``{model name: {task: {metric: {row: value}}}}``)."""
     import torch
 
     from vkvtrain import load_mlm
@@ -68,29 +72,7 @@ def run(cfg: ProbeConfig) -> dict[str, Path]:
         if spec.perception_score is not None:
             scores[name] = spec.perception_score
         del mlm, suite
+    if results is not None:
+        results.update(per_model)
     correlation = layer0_correlation(per_model, scores) if scores else None
     return write_reports(per_model, cfg.output_dir, correlation, extras)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``vkvtrain probe``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "probe":  # vkvtrain.cli passes the subcommand along
-        argv = argv[1:]
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    try:
-        config, overrides = parse_argv(argv)
-        cfg = load_config(config, overrides)
-        paths = run(cfg)
-    except VKVError as err:
-        print(f"vkvtrain probe: {err}", file=sys.stderr)
-        return 2
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
