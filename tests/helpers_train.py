@@ -27,8 +27,7 @@ def blink_source(split: str, n: int = 4, subtasks: str = "Visual_Correspondence,
 def tiny_recipe(tmp_path: Path, **changes: Any) -> Path:
     """Copy of recipes/tiny/prefix.yaml with outputs under tmp_path and dotted-key changes applied."""
     recipe = yaml.safe_load(TINY_PREFIX.read_text())
-    recipe["trainer"]["default_root_dir"] = str(tmp_path / "run")
-    recipe["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "run")
+    recipe["trainer"]["default_root_dir"] = str(tmp_path / "run")  # each run: its own folder under it
     for dotted, value in changes.items():
         node = recipe
         *parents, last = dotted.split(".")

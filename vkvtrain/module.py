@@ -336,8 +336,8 @@ class VKVModule(L.LightningModule):
             result = None
         if result is not None:
             for i, layer in enumerate(self.probe_layers):
-                logged[f"{stage}/agnosticism/layer_{layer}"] = float(result["score"][i])
-                logged[f"{stage}/agnosticism_flagged/layer_{layer}"] = float(result["n_flagged"][i])
+                logged[f"{stage}/data/key_agnosticism/score/layer_{layer}"] = float(result["score"][i])
+                logged[f"{stage}/data/key_agnosticism/n_flagged/layer_{layer}"] = float(result["n_flagged"][i])
             heat_rows["key_agnosticism"] = [float(v) for v in result["score"]]
         if self._gap is not None:
             from vkvtrain.data.blink import BLINK_SUBTASKS
@@ -349,12 +349,12 @@ class VKVModule(L.LightningModule):
                 if math.isnan(float(result["output_accuracy"][s])):
                     continue  # no question of this subtask
                 task = BLINK_SUBTASKS[s]
-                logged[f"{stage}/output_accuracy/{task}"] = float(result["output_accuracy"][s])
+                logged[f"{stage}/data/output_accuracy/{task}"] = float(result["output_accuracy"][s])
                 for i, layer in enumerate(self.probe_layers):
                     for key in ("gap_all", "probe_accuracy"):
                         value = float(result[key][s, i])
                         if not math.isnan(value):
-                            logged[f"{stage}/{key}/{task}/layer_{layer}"] = value
+                            logged[f"{stage}/data/{key}/{task}/layer_{layer}"] = value
                 heat_rows[f"probe_acc:{task}"] = [float(v) for v in result["probe_accuracy"][s]]
                 heat_rows[f"gap:{task}"] = [float(v) for v in result["gap_all"][s]]
         if self.probe_tasks:
