@@ -126,12 +126,20 @@ def encode(mlm: LoadedMLM, prompts: Sequence[Prompt], max_length: int | None = N
     if any(with_answer) and not all(with_answer):
         raise PromptError("either every prompt of a batch has an answer (training) or none has.")
     texts = [render(mlm, p) for p in prompts]
-    inputs = dict(
-        mlm.processor(
-            text=texts, images=[list(p.images) for p in prompts], padding=True, padding_side="left",
-            return_tensors="pt",
+    try:
+        inputs = dict(
+            mlm.processor(
+                text=texts, images=[list(p.images) for p in prompts], padding=True, padding_side="left",
+                return_tensors="pt",
+            )
         )
-    )
+    except ValueError as error:  # the image processor refuses an image it cannot resize (e.g. > 200:1 on Qwen2.5-VL)
+        sizes = "; ".join(f"prompt {i}: " + ", ".join(f"{im.width}x{im.height}" for im in p.images)
+                          for i, p in enumerate(prompts))
+        raise PromptError(
+            f"the {mlm.family} processor refused the images ({str(error).splitlines()[0]}); image sizes "
+            f"(width x height) {sizes}. Crop or pad them to a shape the family accepts."
+        ) from error
     if all(with_answer):
         inputs["labels"] = answer_labels(mlm, inputs["input_ids"], [p.answer or "" for p in prompts])
     if max_length is not None and inputs["input_ids"].shape[1] > max_length:
