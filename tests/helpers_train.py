@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from vkvtrain.data.training import DataSource
 from vkvtrain.interventions.base import Intervention
@@ -52,3 +53,13 @@ class NaNAfter(Intervention):
         self.calls += 1
         value = self.scale.pow(2)
         return value * float("nan") if self.calls > self.step else value
+
+
+class BlockCheckpoints(Callback):
+    """Test callback: once training starts, a file stands where the run's checkpoints folder would be."""
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        folder = Path(trainer.checkpoint_callback.dirpath)
+        if folder.is_dir():
+            folder.rmdir()
+        folder.write_text("in the way")

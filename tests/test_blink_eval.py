@@ -47,14 +47,20 @@ def test_tiny_evaluation_over_all_14_subtasks_from_local_folder(tmp_path: Path, 
     assert all(v["layer"] == 3 for v in res["latent"]["subtasks"].values())  # tiny model: 4 layers, -1 -> 3
     assert "| Jigsaw | 1 |" in md and "Latent vs output" in md
     assert res["config"]["data"]["root"] == str(root) and res["config"]["prompt"]["continuation"] == "letter"
+    summary = capsys.readouterr().out.split("== evaluate tiny://llava_onevision")[-1]
+    assert f"  results.json     {out / 'results.json'}" in summary
+    assert (f"  BLINK val        macro {100 * res['macro']:.1f}, micro {100 * res['micro']:.1f} over 14 questions "
+            "(protocol: lmms-eval prompt, likelihood ranking of 'letter' continuations (sum log-prob))") in summary
 
 
-def test_generate_mode_on_synthetic_source(tmp_path: Path) -> None:
+def test_generate_mode_on_synthetic_source(tmp_path: Path, capsys) -> None:
     out = tmp_path / "gen"
-    rc = main([CONFIG, "--model", "tiny://llava_next", "--data.source", "synthetic", "--data.synthetic_n", "2",
-               "--data.subtasks", '["Counting", "Art_Style"]', "--mode", "generate", "--max_new_tokens", "4",
-               "--output_dir", str(out), "--probes.enabled", "false", "--progress", "false"])
+    rc = main(["-c", CONFIG, "model=tiny://llava_next", "--data.source=synthetic", "--data.synthetic_n", "2",
+               "--data.subtasks", "Counting", "--data.subtasks", "Art_Style", "--mode", "generate",
+               "--max_new_tokens", "4", "--output_dir", str(out), "--probes.enabled", "false", "--progress", "false"])
     assert rc == 0
+    assert "protocol: lmms-eval prompt, greedy generation (max 4 new tokens) read by the strict parser" in \
+        capsys.readouterr().out
     res, recs, _ = _read(out)
     assert res["mode"] == "generate" and "latent" not in res
     assert len(recs) == 4 and all(isinstance(r["response"], str) for r in recs)
@@ -80,6 +86,9 @@ def test_unknown_keys_and_bad_values_fail_naming_them(tmp_path: Path, capsys) ->
     assert "heldout" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main([CONFIG, "--batch_siz", "3"]) == 2  # a prefix of batch_size is not a key
+    err = capsys.readouterr().err
+    assert err == "vkvtrain evaluate: unrecognized arguments: --batch_siz 3\n"
 
 
 def test_config_overrides_and_missing_data(tmp_path: Path, capsys) -> None:

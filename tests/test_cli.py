@@ -149,3 +149,16 @@ def test_quiet_hides_exactly_the_listed_messages(capsys, caplog) -> None:
     err = capsys.readouterr().err
     assert "anonymous setting" not in err and "wandb: WARNING something that matters" in err
     assert [str(w.message) for w in seen] == ["`something_else` is deprecated."]
+
+
+def test_every_benchmark_pins_its_thread_count() -> None:
+    """Ratios only reproduce with a fixed thread count (DESIGN.md): each script calls torch.set_num_threads."""
+    import ast
+    from pathlib import Path
+
+    scripts = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("bench_*.py"))
+    assert len(scripts) >= 4
+    for script in scripts:
+        calls = [node for node in ast.walk(ast.parse(script.read_text())) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Attribute) and node.func.attr == "set_num_threads"]
+        assert calls, f"{script.name} does not pin its thread count"

@@ -3,12 +3,15 @@ model loads or logger starts, one-line errors, the closing summary."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import stat
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from helpers_train import REPO, TINY_PREFIX, tiny_recipe
@@ -142,12 +145,23 @@ def test_fit_summary_names_every_output_and_pasteable_follow_ups(tmp_path, capsy
     assert run.parent == tmp_path / "run" and run.is_dir()
     assert Path(fields["config"]) == run / "config.yaml" and (run / "config.yaml").is_file()
     assert Path(fields["checkpoint (last)"]) == run / "checkpoints" / "last.ckpt"
-    assert (Path(fields["peft adapter 0"]) / "adapter_model.safetensors").is_file()
+    adapter = Path(fields["peft adapter 0"]) / "adapter_model.safetensors"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert adapter.is_file() and stat.S_IMODE(adapter.stat().st_mode) == 0o666 & ~umask  # not peft's 0600
     assert Path(fields["W&B run"]).parent == run / "wandb"
     assert re.search(r"^  val/loss +[\d.]+$", out, re.M) and re.search(r"^  train/loss +[\d.]+$", out, re.M)
-    evaluate = re.search(r"evaluate the checkpoint on BLINK:\n +(.+)", out).group(1)
-    assert shlex.split(evaluate)[:4] == [sys.executable, "-m", "vkvtrain", "evaluate"]
-    assert f"--ckpt_path {run / 'checkpoints' / 'last.ckpt'}" in evaluate
+    # the printed follow-ups run as pasted (here in-process, after the interpreter and `-m vkvtrain`)
+    evaluate = shlex.split(re.search(r"evaluate the checkpoint on BLINK:\n +(.+)", out).group(1))
+    assert evaluate[:4] == [sys.executable, "-m", "vkvtrain", "evaluate"]
+    assert main([*evaluate[3:], "--data.synthetic_n", "1", "--output_dir", str(tmp_path / "eval"),
+                 "--progress", "false"]) == 0
+    resume = shlex.split(re.search(r"resume training from it:\n +(.+)", out).group(1))
+    assert resume[:5] == [sys.executable, "-m", "vkvtrain", "fit", str(run / "config.yaml")]
+    assert main([*resume[3:], "trainer.max_steps=3", "--trainer.logger=false"]) == 0
+    resumed = Path(re.search(r"^  checkpoint \(last\) +(\S+)$", capsys.readouterr().out, re.M).group(1))
+    assert resumed.parent.parent.parent == run.parent and resumed.parent.parent != run
+    assert torch.load(resumed, weights_only=True)["global_step"] == 3  # continued from step 2
 
 
 def test_online_wandb_recipe_falls_back_to_offline_when_not_logged_in(tmp_path, monkeypatch, capsys) -> None:

@@ -89,7 +89,7 @@ def select(argv: Sequence[str]) -> tuple[list[str], Command | Table, list[str]]:
 
 def resolve(entry: str) -> Callable[..., Outcome | None]:
     module, _, function = entry.partition(":")
-    return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), function)
 
 
 def invoke(command: Command, name: str, argv: Sequence[str]) -> Outcome | None:

@@ -38,18 +38,7 @@ def check_writable_dir(path: str | Path, what: str) -> Path:
     Returns the absolute path.
     """
     target = Path(path).expanduser().absolute()
-    ancestor = target
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise OutputError(f"{what} {str(target)!r} cannot be created: {str(ancestor)!r} is a file, not a folder; "
-                          f"choose another {what}.")
-    try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as error:
-        raise OutputError(f"{what} {str(target)!r} is not writable ({error.strerror} in {str(ancestor)!r}); "
-                          f"choose a folder you can write to, or fix its permissions.") from None
+    _check_ancestor(target, target, what)
     return target
 
 
@@ -59,8 +48,23 @@ def check_writable_file(path: str | Path, what: str) -> Path:
     target = Path(path).expanduser().absolute()
     if target.is_dir():
         raise OutputError(f"{what} {str(target)!r} is a folder; give a file name (e.g. {target / 'out'}).")
-    check_writable_dir(target.parent, f"the folder of {what}")
+    _check_ancestor(target.parent, target, what)
     return target
+
+
+def _check_ancestor(folder: Path, target: Path, what: str) -> None:
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{what} {str(target)!r} cannot be written: {str(ancestor)!r} is a file, not a folder; "
+                          f"choose another {what}.")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        raise OutputError(f"{what} {str(target)!r} is not writable ({error.strerror} in {str(ancestor)!r}); "
+                          f"choose a folder you can write to, or fix its permissions.") from None
 
 
 def make_dirs(path: str | Path, what: str) -> Path:
@@ -100,6 +104,18 @@ def staging_dir(parent: str | Path, prefix: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(folder, default_mode(directory=True))
     return folder
+
+
+def apply_default_modes(folder: str | Path) -> Path:
+    """Give ``folder`` and everything in it the usual modes (some writers, e.g. transformers' save_pretrained of
+    safetensors shards, create files 0600 through temporary files)."""
+    root = Path(folder)
+    file_mode, dir_mode = default_mode(), default_mode(directory=True)
+    os.chmod(root, dir_mode)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, dir_mode if path.is_dir() else file_mode)
+    return root
 
 
 def verify_written(path: str | Path, what: str, size: int | None = None) -> Path:

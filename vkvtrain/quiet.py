@@ -137,7 +137,7 @@ def quiet(verbose: bool = False) -> Iterator[None]:
         logging.getLogger(name).addFilter(log_filter)
     stderr = sys.stderr
     filtered = _FilteredStderr(stderr, [e.pattern for e in NOISE if isinstance(e, StderrNoise)])
-    sys.stderr = filtered  # type: ignore[assignment]
+    sys.stderr = filtered
     wandb_quiet_given = WANDB_QUIET[0] in os.environ
     os.environ.setdefault(*WANDB_QUIET)
     bars = hf_logging.is_progress_bar_enabled()

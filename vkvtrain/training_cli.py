@@ -40,7 +40,7 @@ from jsonargparse import ArgumentError
 from vkvtrain.checkpoint_files import LIGHTNING_NAMES, load_checkpoint_file, refuse_remote
 from vkvtrain.errors import CheckpointError, RecipeError
 from vkvtrain.outcome import Outcome, follow_up
-from vkvtrain.outputs import staged_file, verify_written
+from vkvtrain.outputs import apply_default_modes, staged_file, verify_written
 from vkvtrain.run_dir import latest_checkpoint, run_dir_for_this_process
 
 SUBCOMMANDS = ("fit", "validate", "test")
@@ -272,7 +272,7 @@ def _recipe_of(argv: Sequence[str]) -> str:
     shimmed = shim_argv(argv)
     for flag, value in zip(shimmed, shimmed[1:]):
         if flag in ("-c", "--config"):
-            return value
+            return str(Path(value).absolute())
     return "(no recipe)"
 
 
@@ -324,7 +324,9 @@ def summarize(cli: VKVCLI, subcommand: str, recipe: str) -> Outcome | None:
             if path and Path(path).is_file() and path not in outputs.values():
                 outputs[f"checkpoint ({kind})"] = path
                 checkpoint = checkpoint or path
-    for adapter in sorted(Path(trainer.log_dir or run).glob("peft_adapter_*")):
+    # trainer.log_dir is a collective (a broadcast under DDP): only rank 0 is here, so look in the run folder.
+    for adapter in sorted(p for p in run.glob("**/peft_adapter_*") if p.is_dir()):
+        apply_default_modes(adapter)  # peft's save_pretrained writes adapter_model.safetensors 0600
         outputs[f"peft adapter {adapter.name.rsplit('_', 1)[-1]}"] = str(adapter)
     next_steps: list[tuple[str, str]] = []
     wandb_folder = _wandb_run_folder(trainer)
@@ -335,11 +337,14 @@ def summarize(cli: VKVCLI, subcommand: str, recipe: str) -> Outcome | None:
                                                                   str(wandb_folder)])))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     if subcommand == "fit" and checkpoint is not None:
-        evaluate = ["evaluate", str(EVAL_CONFIG), "--ckpt_path", checkpoint]
+        config = [str(EVAL_CONFIG)] if EVAL_CONFIG.is_file() else []  # eval/ ships with the repository
+        evaluate = ["evaluate", *config, "--ckpt_path", checkpoint]
         if str(cli.model.model_name).startswith("tiny://"):
             evaluate += ["--data.source", "synthetic"]  # the hub's BLINK is for real models
         next_steps.insert(0, ("evaluate the checkpoint on BLINK", follow_up(*evaluate)))
-        next_steps.insert(1, ("resume training from it", follow_up("fit", recipe, "--ckpt_path", checkpoint)))
+        # the run's config.yaml is the recipe with every override of this command line
+        resume_recipe = str(run / "config.yaml") if (run / "config.yaml").is_file() else recipe
+        next_steps.insert(1, ("resume training from it", follow_up("fit", resume_recipe, "--ckpt_path", checkpoint)))
     return Outcome(title=f"{subcommand} {recipe}", outputs=outputs, figures=_metric_rows(metrics), next=next_steps)
 
 

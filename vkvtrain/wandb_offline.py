@@ -60,8 +60,9 @@ def records(path: str | Path) -> Iterator[Any]:
     """Yield ``wandb_internal_pb2.Record`` messages."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    record_type = pb.Record  # type: ignore[attr-defined]  # generated protobuf code carries no type stubs
     for body in payloads(path):
-        record = pb.Record()
+        record = record_type()
         record.ParseFromString(body)
         yield record
 

@@ -64,7 +64,7 @@ def parse_config(argv: Sequence[str]) -> EvalConfig:
     if args and args[0] == "evaluate":
         args = args[1:]
     (config,), _ = parse_call(evaluate, args, "python -m vkvtrain evaluate")
-    return config  # type: ignore[no-any-return]
+    return config
 
 
 def load_questions(cfg: EvalConfig) -> list[Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from vkvtrain.outcome import Outcome
 from vkvtrain.outputs import check_writable_dir
@@ -50,7 +51,7 @@ def _row_name(row: str) -> str:
     return row if row in ("embeds", "vision") else f"LM layer {row}"
 
 
-def run(cfg: ProbeConfig, results: dict | None = None) -> dict[str, Path]:
+def run(cfg: ProbeConfig, results: dict[str, Any] | None = None) -> dict[str, Path]:
     """Load each model, run the suite, write the reports; returns the written paths (``results``, when given,
     receives ``{model name: {task: {metric: {row: value}}}}``)."""
     import torch
