@@ -90,6 +90,18 @@ def test_argument_forms_all_reach_the_same_values(tmp_path) -> None:
             parse_call(build, bad, "p")
 
 
+def test_tiny_reads_a_config_file_and_overrides(tmp_path) -> None:
+    from vkvtrain.tiny_command import tiny
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"family: qwen2_5_vl\nout: {tmp_path / 'a'}\nsize: mid\n")
+    assert parse_call(tiny, ["-c", str(config), "size=tiny"], "p") == ([], {
+        "family": "qwen2_5_vl", "out": str(tmp_path / "a"), "size": "tiny"})
+    assert parse_call(tiny, ["llava_next", "--config", str(config)], "p")[1]["family"] == "qwen2_5_vl"  # file last
+    with pytest.raises(RecipeError, match="size"):
+        parse_call(tiny, ["llava_next", "--size", "huge"], "p")
+
+
 def test_normalise_keeps_negative_numbers_as_values() -> None:
     from vkvtrain.evaluation.cli import evaluate
 

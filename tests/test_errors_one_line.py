@@ -75,6 +75,7 @@ def test_empty_and_foreign_training_parquet(tmp_path, capsys, blink_root) -> Non
     pq.write_table(pq.read_table(blink_root / "Counting" / "val.parquet").slice(0, 0), empty)
     assert main(["fit", str(tiny_recipe(tmp_path)), *FIT, f"--data.train.source={empty}"]) == 2
     assert "has no rows" in _last_line(capsys, "fit")
+    assert not list((tmp_path / "run").iterdir())  # the refused run left no (empty) run folder
     foreign = tmp_path / "train.parquet"
     foreign.write_text("a,b\n1,2\n")
     assert main(["fit", str(tiny_recipe(tmp_path)), *FIT, f"--data.train.source={foreign}"]) == 2

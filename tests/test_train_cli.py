@@ -26,12 +26,15 @@ def test_shim_argv() -> None:
     assert shim_argv(["validate", "--config", "a.yml"]) == ["validate", "--config", "a.yml"]
 
 
-def test_positional_and_dash_c_resolve_to_the_same_recipe(capsys) -> None:
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
+def test_positional_and_dash_c_resolve_to_the_same_recipe(capsys, command) -> None:
     outputs = []
-    for argv in (["fit", str(TINY_PREFIX)], ["fit", "-c", str(TINY_PREFIX)]):
-        assert main([*argv, "trainer.max_steps=7", "--model.learning_rate=0.3", "--print_config"]) == 0
+    for argv in ([command, str(TINY_PREFIX), "trainer.max_steps=7", "--model.learning_rate=0.3"],
+                 [command, "-c", str(TINY_PREFIX), "--trainer.max_steps", "7", "model.learning_rate=0.3"],
+                 [command, "--config", str(TINY_PREFIX), "--trainer.max_steps=7", "--model.learning_rate", "0.3"]):
+        assert main([*argv, "--print_config"]) == 0
         outputs.append(capsys.readouterr().out)
-    assert outputs[0] == outputs[1]
+    assert outputs[0] == outputs[1] == outputs[2]
     config = yaml.safe_load(outputs[0])
     assert config["trainer"]["max_steps"] == 7 and config["model"]["learning_rate"] == 0.3
     assert config["model"]["interventions"][0]["init_args"]["num_tokens"] == 4

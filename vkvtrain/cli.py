@@ -6,6 +6,10 @@ see vkvtrain.arguments) or ``lightning`` (LightningCLI over the recipe, see vkvt
 is itself a table makes a command with sub-commands (``organism build``). Every entry returns an
 :class:`~vkvtrain.outcome.Outcome` that is printed last: where the outputs went and the headline figures.
 
+A new command is one more line, e.g. ``"compare": Command("vkvtrain.evaluation.compare:compare", "...")`` for an
+entry ``def compare(config: CompareConfig) -> Outcome``, or ``"organism": {"build": Command(...)}`` for
+``python -m vkvtrain organism build``.
+
 Bad input ends a command with exit code 2 and one line on stderr, ``vkvtrain <command>: <what and how to fix
 it>``; third-party noise is hidden (vkvtrain.quiet) unless ``--verbose`` is given anywhere on the line.
 """
@@ -19,8 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
+from vkvtrain.arguments import parse_call
 from vkvtrain.errors import VKVError
 from vkvtrain.outcome import Outcome
+from vkvtrain.quiet import quiet
 
 PROG = "python -m vkvtrain"
 
@@ -97,8 +103,6 @@ def invoke(command: Command, name: str, argv: Sequence[str]) -> Outcome | None:
     entry = resolve(command.entry)
     if command.parser == "lightning":
         return entry(list(argv))
-    from vkvtrain.arguments import parse_call
-
     args, kwargs = parse_call(entry, argv, f"{PROG} {name}")
     return entry(*args, **kwargs)
 
@@ -122,8 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage(node, path), file=sys.stdout if rest else sys.stderr)
         return 0 if rest else 2
     name = " ".join(path)
-    from vkvtrain.quiet import quiet
-
     outcome: Any = None
     with quiet(verbose):
         try:

@@ -30,15 +30,24 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from jsonargparse import ArgumentError
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import Strategy
-from jsonargparse import ArgumentError
 
-from vkvtrain.checkpoint_files import LIGHTNING_NAMES, load_checkpoint_file, refuse_remote
+from vkvtrain.checkpoint_files import (
+    LIGHTNING_NAMES,
+    load_checkpoint_file,
+    refuse_remote,
+)
+from vkvtrain.datamodule import VKVDataModule
 from vkvtrain.errors import CheckpointError, RecipeError
+from vkvtrain.models.loading import load_config
+from vkvtrain.models.registry import adapter_for
+from vkvtrain.module import VKVModule
 from vkvtrain.outcome import Outcome, follow_up
 from vkvtrain.outputs import apply_default_modes, staged_file, verify_written
 from vkvtrain.run_dir import latest_checkpoint, run_dir_for_this_process
@@ -92,9 +101,6 @@ class SafeCheckpointIO(TorchCheckpointIO):
 def check_model(spec: str) -> None:
     """Fail with one line unless ``spec`` names a supported model: a hub id (its config must be reachable),
     a folder with config.json, or tiny://<family>. Reads the config only, never the weights."""
-    from vkvtrain.models.loading import load_config
-    from vkvtrain.models.registry import adapter_for
-
     config = load_config(spec)
     adapter_for(config.model_type, source=spec)
 
@@ -146,6 +152,18 @@ class VKVCLI(LightningCLI):
     resolved recipe handed to the module (it is stored in every checkpoint)."""
 
     run_dir: Path
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """LightningCLI's own constructor, which parses, builds and runs; a run refused before it wrote anything
+        (bad data, a wrong value found while building) leaves no empty run folder behind."""
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            run = getattr(self, "run_dir", None)
+            reserved_here = os.environ.get("LOCAL_RANK", "0") == "0"  # a DDP child only borrows its parent's
+            if run is not None and reserved_here and run.is_dir() and not any(run.iterdir()):
+                run.rmdir()
+            raise
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
@@ -212,10 +230,6 @@ class VKVCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except BaseException:
-            if hasattr(self, "run_dir") and not any(self.run_dir.iterdir()):
-                self.run_dir.rmdir()  # refused before anything was written: leave no empty run folder
-            raise
         finally:
             for node, key, value in getattr(self, "_given", []):
                 node[key] = value
@@ -245,9 +259,6 @@ def _parser_kwargs(subcommand_usage: bool) -> dict[str, Any]:
 def build_cli(argv: Sequence[str], run: bool = True) -> VKVCLI:
     """LightningCLI over argv (subcommand first when ``run``; with ``run=False`` a leading subcommand is
     dropped and the caller drives ``cli.trainer`` / ``cli.model`` / ``cli.datamodule`` itself)."""
-    from vkvtrain.datamodule import VKVDataModule
-    from vkvtrain.module import VKVModule
-
     argv = list(argv)
     if not run and argv and argv[0] in SUBCOMMANDS:
         argv = argv[1:]
@@ -294,11 +305,9 @@ def _metric_rows(metrics: dict[str, float]) -> dict[str, str]:
 
 def _wandb_run_folder(trainer: Any) -> Path | None:
     """The W&B run folder of this run, after finishing the run so its files are complete; None without W&B."""
-    from lightning.pytorch.loggers import WandbLogger
-
     if not any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
         return None
-    import wandb
+    import wandb  # imported only by runs that log to W&B (a second or so)
 
     active = wandb.run
     if active is None:
