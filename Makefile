@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export WANDB_MODE := offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 install: $(STAMP)
 
@@ -21,10 +21,15 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m vkvtrain.demo
+	$(BIN)/python -m vkvtrain demo
 
 test: install
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/python -m ruff check --select F vkvtrain tests benchmarks
+	$(BIN)/python -m mypy
 
 bench: install
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

@@ -5,7 +5,7 @@ synthetic data of every task: a plain forward per image (same one-image prompts,
 extraction per image (forward with capture of every layer, input embeddings and vision features), and the whole
 suite per image (extraction + all probe metrics). Prints seconds per image and the ratios.
 
-    python benchmarks/bench_probes.py [--family llava_onevision] [--device cpu] [--repeats 3]
+    python benchmarks/bench_probes.py [--family llava_onevision] [--device cpu] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 import torch  # noqa: E402
 
 from vkvtrain import Prompt, load_mlm  # noqa: E402
-from vkvtrain.probes.config import load_config  # noqa: E402
+from vkvtrain.probes.config import DataSpec, ProbeConfig  # noqa: E402
 from vkvtrain.probes.suite import ProbeSuite, make_dataset  # noqa: E402
 
 
@@ -39,8 +39,8 @@ def images_of(task: str, item) -> list:
 
 
 def bench(spec: str, device: str, repeats: int) -> dict[str, float]:
-    cfg = load_config(None, [("progress", "false"), ("device", device), ("data.fewshot.n", "3"),
-                             ("data.coseg.n", "2"), ("data.temporal.n", "1"), ("data.temporal.options", "{frames: 4}")])
+    cfg = ProbeConfig(progress=False, device=device, data={"fewshot": DataSpec(n=3), "coseg": DataSpec(n=2),
+                                                          "temporal": DataSpec(n=1, options={"frames": 4})})
     mlm = load_mlm(spec)
     mlm.model.to(device)
     n_params = sum(p.numel() for p in mlm.model.parameters())
@@ -93,10 +93,12 @@ def main() -> None:
     parser.add_argument("--family", default="llava_onevision")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (one: steadier timings on a shared box)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"device={args.device} family={args.family} (best of {args.repeats}; suite = all 7 probe tasks, "
-          f"every layer + input_embeds + vision rows)")
+    print(f"device={args.device} family={args.family} (best of {args.repeats}, {torch.get_num_threads()} CPU "
+          "threads; suite = all 7 probe tasks, every layer + input_embeds + vision rows)")
     print(f"{'model':<28}{'params':>9}{'images':>8}{'fwd ms/img':>12}{'extract ms/img':>16}{'suite ms/img':>14}"
           f"{'extract/fwd':>13}{'suite/fwd':>11}")
     for spec in (f"tiny://{args.family}", f"tiny://{args.family}@mid"):

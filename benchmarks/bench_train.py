@@ -9,7 +9,7 @@ The steps alternate (so drift and contention hit all alike); ratios of medians a
 "LoRA + prefix" arm that splits the cost into the prefix's extra tokens and vkvtrain's loss + capture.
 Target (DESIGN.md): <= 1.10x.
 
-    python benchmarks/bench_train.py [--steps 20] [--batch 4] [--model tiny://llava_onevision@mid]
+    python benchmarks/bench_train.py [--steps 20] [--batch 4] [--model tiny://llava_onevision@mid] [--threads 1]
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (one: steadier timings on a shared box)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     runs = {name: _setup(args.model, name, args.batch, args.size, args.device)
             for name in ("baseline", "prefix", "vkvtrain")}
@@ -100,7 +102,8 @@ def main() -> None:
     prefix_only = statistics.median(times["prefix"])
     seq = {name: int(r[2].inputs["input_ids"].shape[1]) for name, r in runs.items()}
     print(f"model {args.model} ({n_params / 1e6:.1f}M params) on {args.device}, batch {args.batch}, "
-          f"sequence {seq['baseline']} (+{seq['vkvtrain'] - seq['baseline']} prefix tokens), {args.steps} steps each")
+          f"sequence {seq['baseline']} (+{seq['vkvtrain'] - seq['baseline']} prefix tokens), {args.steps} steps each, "
+          f"{torch.get_num_threads()} CPU threads")
     print(f"plain LoRA step                      : {base * 1e3:8.1f} ms (median)")
     print(f"LoRA + prefix (no loss, no capture)  : {prefix_only * 1e3:8.1f} ms (median)")
     print(f"LoRA + prefix + key loss + capture   : {ours * 1e3:8.1f} ms (median)")

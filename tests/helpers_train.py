@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from vkvtrain.data.training import DataSource
 from vkvtrain.interventions.base import Intervention
@@ -27,8 +28,7 @@ def blink_source(split: str, n: int = 4, subtasks: str = "Visual_Correspondence,
 def tiny_recipe(tmp_path: Path, **changes: Any) -> Path:
     """Copy of recipes/tiny/prefix.yaml with outputs under tmp_path and dotted-key changes applied."""
     recipe = yaml.safe_load(TINY_PREFIX.read_text())
-    recipe["trainer"]["default_root_dir"] = str(tmp_path / "run")
-    recipe["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "run")
+    recipe["trainer"]["default_root_dir"] = str(tmp_path / "run")  # each run: its own folder under it
     for dotted, value in changes.items():
         node = recipe
         *parents, last = dotted.split(".")
@@ -70,3 +70,13 @@ class InfGradAt(Intervention):
         if self.calls > self.step:
             return (self.scale - self.scale.detach()).sqrt()  # value 0, gradient inf
         return 0.0 * self.scale
+
+
+class BlockCheckpoints(Callback):
+    """Test callback: once training starts, a file stands where the run's checkpoints folder would be."""
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        folder = Path(trainer.checkpoint_callback.dirpath)
+        if folder.is_dir():
+            folder.rmdir()
+        folder.write_text("in the way")

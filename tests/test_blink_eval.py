@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,16 @@ import torch
 from helpers_blink import one_torch_thread  # noqa: F401 (autouse fixture)
 from vkvtrain.data.blink import BLINK_SUBTASKS
 from vkvtrain.data.synthetic_blink import write_synthetic_blink
-from vkvtrain.evaluation.cli import main, parse_config
+from vkvtrain.cli import main as cli_main
+from vkvtrain.evaluation.cli import parse_config
+from vkvtrain.evaluation.report import describe
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "eval" / "blink.yaml")
+
+
+def main(argv: list[str]) -> int:
+    """``python -m vkvtrain evaluate ARGV``."""
+    return cli_main(["evaluate", *argv])
 
 
 def _read(out: Path) -> tuple[dict, list[dict], str]:
@@ -25,7 +33,7 @@ def _read(out: Path) -> tuple[dict, list[dict], str]:
 def test_tiny_evaluation_over_all_14_subtasks_from_local_folder(tmp_path: Path, capsys) -> None:
     root = write_synthetic_blink(tmp_path / "blink", n_per_subtask=1, seed=0, image_size=32)
     out = tmp_path / "out"
-    rc = main(["evaluate", CONFIG, "--model", "tiny://llava_onevision", "--data.root", str(root),
+    rc = main([CONFIG, "--model", "tiny://llava_onevision", "--data.root", str(root),
                "--output_dir", str(out), "--probes.probe_layer", "-1", "--batch_size", "5", "--mode", "likelihood"])
     assert rc == 0, capsys.readouterr().err
     res, recs, md = _read(out)
@@ -41,14 +49,20 @@ def test_tiny_evaluation_over_all_14_subtasks_from_local_folder(tmp_path: Path, 
     assert all(v["layer"] == 3 for v in res["latent"]["subtasks"].values())  # tiny model: 4 layers, -1 -> 3
     assert "| Jigsaw | 1 |" in md and "Latent vs output" in md
     assert res["config"]["data"]["root"] == str(root) and res["config"]["prompt"]["continuation"] == "letter"
+    summary = capsys.readouterr().out.split("== evaluate tiny://llava_onevision")[-1]
+    assert re.search(rf"^  results.json +{re.escape(str(out / 'results.json'))}$", summary, re.M)
+    assert re.search(rf"^  BLINK val +macro {100 * res['macro']:.1f}, micro {100 * res['micro']:.1f} over 14 questions$",
+                     summary, re.M)
+    assert re.search(rf"^  protocol +{re.escape(describe(res)[0].split(': ', 1)[1])}$", summary, re.M)
 
 
-def test_generate_mode_on_synthetic_source(tmp_path: Path) -> None:
+def test_generate_mode_on_synthetic_source(tmp_path: Path, capsys) -> None:
     out = tmp_path / "gen"
-    rc = main([CONFIG, "--model", "tiny://llava_next", "--data.source", "synthetic", "--data.synthetic_n", "2",
-               "--data.subtasks", '["Counting", "Art_Style"]', "--mode", "generate", "--max_new_tokens", "4",
-               "--output_dir", str(out), "--probes.enabled", "false", "--progress", "false"])
+    rc = main(["-c", CONFIG, "model=tiny://llava_next", "--data.source=synthetic", "--data.synthetic_n", "2",
+               "--data.subtasks", "Counting", "--data.subtasks", "Art_Style", "--mode", "generate",
+               "--max_new_tokens", "4", "--output_dir", str(out), "--probes.enabled", "false", "--progress", "false"])
     assert rc == 0
+    assert re.search(r"^  protocol +greedy generation.*max_new_tokens 4$", capsys.readouterr().out, re.M)
     res, recs, _ = _read(out)
     assert res["mode"] == "generate" and "latent" not in res
     assert len(recs) == 4 and all(isinstance(r["response"], str) for r in recs)
@@ -74,6 +88,9 @@ def test_unknown_keys_and_bad_values_fail_naming_them(tmp_path: Path, capsys) ->
     assert "heldout" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main([CONFIG, "--batch_siz", "3"]) == 2  # a prefix of batch_size is not a key
+    err = capsys.readouterr().err
+    assert err == "vkvtrain evaluate: unrecognized arguments: --batch_siz 3\n"
 
 
 def test_config_overrides_and_missing_data(tmp_path: Path, capsys) -> None:

@@ -19,7 +19,7 @@ from vkvtrain.checkpointing import (
     restore_into,
 )
 from vkvtrain.errors import RecipeError
-from vkvtrain.evaluation.cli import main as evaluate_main
+from vkvtrain.cli import main as cli_main
 from vkvtrain.interventions import KNOWN_INTERVENTIONS, LearnedPrefix
 
 PAYLOAD = '''
@@ -58,10 +58,11 @@ def test_restore_refuses_unknown_class_without_importing_it(planted: Path) -> No
 
 
 def test_evaluate_ckpt_path_refuses_it_in_one_line(planted: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = evaluate_main(["--ckpt_path", str(planted), "--data.source", "synthetic", "--data.synthetic_n", "1",
-                          "--data.subtasks", "[Counting]", "--output_dir", str(planted.parent / "out"),
-                          "--progress", "false"])
-    assert code == 2 and "is not one of vkvtrain's" in capsys.readouterr().err
+    code = cli_main(["evaluate", "--ckpt_path", str(planted), "--data.source", "synthetic", "--data.synthetic_n",
+                     "1", "--data.subtasks", "[Counting]", "--output_dir", str(planted.parent / "out"),
+                     "--progress", "false"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("vkvtrain evaluate: ") and "is not one of vkvtrain's" in err
     assert not (planted.parent / "MARKER").exists()
 
 

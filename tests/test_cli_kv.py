@@ -1,8 +1,10 @@
-"""`python -m vkvtrain kv`: the file layout, metadata, and bad input that writes nothing."""
+"""`python -m vkvtrain kv`: the file layout, metadata, file mode, config files, and bad input that writes nothing."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -59,6 +61,10 @@ def test_kv_file_matches_a_direct_capture(tmp_path, two_images):
         (["--image", "{corrupt}"], "corrupt"),
         (["--image", "{good}", "--layers", "7"], "layer 7 does not exist"),
         (["--image", "{good}", "--layers", "a,b"], "comma-separated"),
+        (["--image", "{good}", "--layers", ""], "names no layer"),
+        (["--image", "{good}", "--layers", "0,,3"], "empty part"),
+        (["--image", "{good}", "--layr", "0"], "--layr"),
+        ([], "at least one --image"),
     ],
 )
 def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, two_images, capsys, args, reason):
@@ -69,7 +75,7 @@ def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, two_images, capsys
     code = main(["kv", "tiny://llava_onevision", *[a.format(**paths) for a in args], "--out", str(out)])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert reason in err and len(err.splitlines()) == 1
+    assert reason in err and len(err.splitlines()) == 1 and err.startswith("vkvtrain kv: ")
     assert not out.exists()
     assert not list(out.parent.glob("*")) if out.parent.exists() else True
 
@@ -83,3 +89,29 @@ def test_unknown_family_from_the_command_line(tmp_path, two_images):
     assert result.returncode == 2
     assert "tiny://llava_onevision" in result.stderr
     assert not (tmp_path / "kv.safetensors").exists()
+
+
+def test_config_file_and_overrides_give_the_same_file(tmp_path, two_images):
+    """-c kv.yaml (with the positional model in it) plus dotted overrides, against the same flags on the command line."""
+    config = tmp_path / "kv.yaml"
+    config.write_text(f"model: tiny://llava_next\nimage: [{two_images[0]}]\nlayers: '0'\nout: {tmp_path / 'x'}\n")
+    by_config = tmp_path / "by_config.safetensors"
+    assert main(["kv", "-c", str(config), "layers=1,3", f"--out={by_config}", "--text", "Which?"]) == 0
+    by_flags = tmp_path / "by_flags.safetensors"
+    assert main(["kv", "tiny://llava_next", "--image", two_images[0], "--layers", "1,3", "--out", str(by_flags),
+                 "--text", "Which?"]) == 0
+    assert not (tmp_path / "x").exists()
+    with safe_open(str(by_config), "pt") as a, safe_open(str(by_flags), "pt") as b:
+        assert json.loads(a.metadata()["layers"]) == [1, 3] and a.metadata() == b.metadata()
+        assert set(a.keys()) == set(b.keys()) and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_kv_file_gets_the_umask_mode(tmp_path, two_images, umask):
+    previous = os.umask(umask)
+    try:
+        assert main(["kv", "tiny://llava_next", "--image", two_images[0], "--layers", "0",
+                     "--out", str(tmp_path / "kv.safetensors")]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "kv.safetensors").stat().st_mode) == 0o666 & ~umask

@@ -192,7 +192,7 @@ def test_refuses_runs_on_other_questions_protocols_or_resolutions(planted: dict,
     other = _write(tmp_path / "other", planted["b"], **change)
     assert main(["compare", str(planted["folders"]["a"]), str(other), "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert named in err and err.startswith("error: ") and not (tmp_path / "o").exists()
+    assert named in err and err.startswith("vkvtrain compare: ") and not (tmp_path / "o").exists()
     # seeds of one run are held to the same rule
     assert main(["compare", str(planted["folders"]["a"]), f"{planted['folders']['b']},{other}",
                  "--output_dir", str(tmp_path / "o")]) == 2

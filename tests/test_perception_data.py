@@ -207,14 +207,14 @@ def test_plain_pickle_reads_plain_data_of_any_protocol(tmp_path: Path) -> None:
 
 
 def test_probe_command_refuses_a_code_running_refs_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from vkvtrain.probes.cli import main
+    from vkvtrain.cli import main
 
     marker = tmp_path / "marker"
     (tmp_path / "refcoco").mkdir()
     (tmp_path / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(_CallOnLoad(open, str(marker), "w")))
     (tmp_path / "refcoco" / "instances.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
     (tmp_path / "images" / "mscoco" / "images" / "train2014").mkdir(parents=True)
-    code = main(["--model", "tiny://llava_next", "--tasks", "referring", "--sources", "layers", "--layers", "[0]",
+    code = main(["probe", "--model", "tiny://llava_next", "--tasks", "referring", "--sources", "layers", "--layers", "[0]",
                  "--data.referring.source", "refcoco", "--data.referring.root", str(tmp_path), "--progress", "false",
                  "--output_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +19,32 @@ from scipy import stats
 
 from vkvtrain.errors import RecipeError
 from vkvtrain.evaluation.report import summarize, write_outputs
-from vkvtrain.probes.cli import main, parse_argv
-from vkvtrain.probes.config import ModelSpec, ProbeConfig, load_config
+from vkvtrain.arguments import parse_call
+from vkvtrain.cli import main as cli_main
+from vkvtrain.probes.cli import probe
+from vkvtrain.probes.config import ModelSpec, ProbeConfig
 from vkvtrain.probes.perception import PerceptionScore, read_perception_score
 from vkvtrain.probes.report import input_embeds_correlation, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"tiny-llava-onevision": "tiny://llava_onevision", "tiny-qwen2.5-vl": "tiny://qwen2_5_vl",
           "tiny-llava-next": "tiny://llava_next"}
+
+
+def main(argv: list[str]) -> int:
+    """``python -m vkvtrain probe ARGV``."""
+    return cli_main(["probe", *argv])
+
+
+def load_config(path: str | Path | None, overrides: list[tuple[str, str]] | None = None) -> ProbeConfig:
+    """The ProbeConfig the command line ``probe [path] --key value ...`` gives."""
+    argv = [str(path)] if path is not None else []
+    for key, value in overrides or []:
+        argv += [f"--{key}", value]
+    (config,), extra = parse_call(probe, argv, "python -m vkvtrain probe")
+    if extra.get("model"):
+        config.models = [ModelSpec(spec=extra["model"])]
+    return config  # type: ignore[no-any-return]
 
 
 def evaluate_results(out: Path, model: str, right: list[int], **extra: object) -> Path:
@@ -43,12 +62,14 @@ def test_probe_command_runs_the_shipped_config_on_tiny_models(tmp_path: Path) ->
               for (name, spec), right in zip(MODELS.items(), ([1, 2], [3, 4], [0, 2]))}
     models = [{"spec": spec, "name": name, "perception_results": str(scores[name])} for name, spec in MODELS.items()]
     cmd = [sys.executable, "-m", "vkvtrain", "probe", "eval/probes.yaml", "--output_dir", str(out),
-           "--tasks", "fewshot,semantic,keypoints,key_agnosticism", "--data.fewshot.n", "2",
+           "--tasks", "[fewshot, semantic, keypoints, key_agnosticism]", "--data.fewshot.n", "2",
            "--data.semantic.n", "3", "--data.keypoints.n", "2", "--prefix.mode", "task", "--progress", "false",
            "--models", yaml.safe_dump(models, default_flow_style=True)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(rf"^  json +{re.escape(str(out / 'probes.json'))}$", proc.stdout, re.M)  # the closing summary
+    assert "tiny-qwen2.5-vl: best row per task" in proc.stdout
     payload = json.loads((out / "probes.json").read_text())
     results = payload["results"]
     assert list(results) == list(MODELS)
@@ -136,23 +157,26 @@ def test_unknown_keys_fail_naming_the_key(tmp_path: Path, capsys: pytest.Capture
     bad = tmp_path / "bad.yaml"
     bad.write_text("modles: []\n")
     assert main([str(bad)]) == 2
-    assert "unknown key modles" in capsys.readouterr().err
-    with pytest.raises(RecipeError, match="unknown key data.fewshot.bogus"):
+    err = capsys.readouterr().err
+    assert err.startswith("vkvtrain probe: ") and "modles" in err and len(err.splitlines()) == 1
+    with pytest.raises(RecipeError, match=r"\"data\".*bogus"):
         load_config(None, [("data.fewshot.bogus", "1")])
-    with pytest.raises(RecipeError, match="unknown key probe.alpha"):
+    with pytest.raises(RecipeError, match="probe.alpha"):
         load_config(None, [("probe.alpha", "0.2")])
+    with pytest.raises(RecipeError, match="--probe.pck_alph"):  # a key prefix is not a key
+        load_config(None, [("probe.pck_alph", "0.2")])
     with pytest.raises(RecipeError, match="unknown task"):
-        load_config(None, [("tasks", "fewshot,segment_everything")])
-    with pytest.raises(RecipeError, match=r"prefix.mode must be one of"):
+        load_config(None, [("tasks", "[fewshot, segment_everything]")])
+    with pytest.raises(RecipeError, match=r"prefix.mode"):
         load_config(None, [("prefix.mode", "sometimes")])
-    with pytest.raises(RecipeError, match="unknown key models\\[0\\].perception_score"):
+    with pytest.raises(RecipeError, match="perception_score"):
         load_config(None, [("models", "[{spec: 'tiny://llava_next', perception_score: 40}]")])
 
 
 @pytest.mark.parametrize("override, message", [
-    (("sources", "embeds,layers"), "called input_embeds"),
+    (("sources", "[embeds, layers]"), "called input_embeds"),
     (("sources", "[]"), "non-empty subset"),
-    (("tasks", "fewshot,fewshot"), "lists a task twice"),
+    (("tasks", "[fewshot, fewshot]"), "lists a task twice"),
     (("data.fewshot.source", "davis"), "does not serve fewshot; use 'pascal5i'"),
     (("data.fewshot.source", "pascal5i"), "data.fewshot.root is required"),
     (("data.fewshot.source", "imagenet"), "is unknown; use synthetic or one of"),
@@ -164,7 +188,7 @@ def test_unknown_keys_fail_naming_the_key(tmp_path: Path, capsys: pytest.Capture
     (("probe.key_images", "1"), "key_images must be >= 2"),
     (("probe.grounding_threshold", "1.5"), "grounding_threshold must be a number in \\[0, 1\\] or 'mean'"),
     (("probe.fewshot_c", "0"), "fewshot_c must be > 0"),
-    (("prefix.task", "{bogus: hi}"), "unknown key prefix.task.bogus"),
+    (("prefix.task", "{bogus: hi}"), "prefix.task.bogus"),
 ])
 def test_bad_values_fail_before_any_model_loads(override: tuple[str, str], message: str) -> None:
     with pytest.raises(RecipeError, match=message):
@@ -178,14 +202,16 @@ def test_config_built_in_code_is_validated_too() -> None:
 
 
 def test_overrides_and_model_shorthand() -> None:
-    path, overrides = parse_argv(["eval/probes.yaml", "--model", "tiny://qwen2_5_vl", "--layers=[1, 3]",
-                                  "--probe.pck_alpha", "0.05"])
-    cfg = load_config(ROOT / path, overrides)
-    assert cfg.models == [ModelSpec(spec="tiny://qwen2_5_vl")]
-    assert cfg.layers == [1, 3] and cfg.probe.pck_alpha == 0.05
-    assert cfg.data["temporal"].options == {"frames": 4}
-    with pytest.raises(RecipeError, match="unexpected argument"):
-        parse_argv(["a.yaml", "b.yaml"])
+    argv = [str(ROOT / "eval" / "probes.yaml"), "--model", "tiny://qwen2_5_vl", "--layers=[1, 3]",
+            "--probe.pck_alpha", "0.05", "--tasks", "fewshot", "--tasks", "coseg", "data.fewshot.n=7"]
+    (cfg,), extra = parse_call(probe, argv, "probe")
+    assert extra == {"model": "tiny://qwen2_5_vl"}  # probe() puts it in place of the config's models
+    assert cfg.layers == [1, 3] and cfg.probe.pck_alpha == 0.05 and cfg.tasks == ["fewshot", "coseg"]
+    assert cfg.data["fewshot"].n == 7 and cfg.data["temporal"].options == {"frames": 4}  # the rest of the YAML
+    assert load_config(ROOT / "eval" / "probes.yaml", [("model", "tiny://llava_next")]).models == [
+        ModelSpec(spec="tiny://llava_next")]
+    with pytest.raises(RecipeError, match="unrecognized arguments: b.yaml"):  # one config file, then keys
+        parse_call(probe, [str(ROOT / "eval" / "probes.yaml"), "b.yaml"], "probe")
 
 
 def test_prefix_modes(tiny_mlm) -> None:

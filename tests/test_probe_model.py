@@ -104,11 +104,11 @@ def test_encoder_baseline_row_matches_transformers(tiny_mlm, tmp_path: Path) -> 
 def test_probe_run_with_encoder_baseline_writes_encoder_row(tmp_path: Path) -> None:
     import json
 
-    from vkvtrain.probes.cli import main
+    from vkvtrain.cli import main
 
     _tiny_siglip(tmp_path / "siglip")
-    code = main(["--model", "tiny://llava_onevision", "--encoder", str(tmp_path / "siglip"), "--tasks",
-                 "keypoints,coseg", "--data.keypoints.n", "2", "--data.coseg.n", "1", "--output_dir",
+    code = main(["probe", "--model", "tiny://llava_onevision", "--encoder", str(tmp_path / "siglip"), "--tasks",
+                 "[keypoints, coseg]", "--data.keypoints.n", "2", "--data.coseg.n", "1", "--output_dir",
                  str(tmp_path / "out"), "--progress", "false"])
     assert code == 0
     results = json.loads((tmp_path / "out" / "probes.json").read_text())["results"]["tiny://llava_onevision"]

@@ -17,8 +17,9 @@ def test_late_lora_recipe_under_ddp_spawn(tmp_path) -> None:
             "--trainer.logger=false", f"trainer.default_root_dir={tmp_path}", "trainer.limit_val_batches=1"]
     proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "peft_adapter_0" / "adapter_model.safetensors").is_file()
-    assert sorted(p.name for p in tmp_path.glob("**/*.ckpt"))  # checkpoints written by rank 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]  # one run folder for both processes
+    assert (run / "peft_adapter_0" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))  # checkpoints written by rank 0
 
 
 def _run_fit(script_args: list[str], tmp_path) -> None:  # type: ignore[no-untyped-def]

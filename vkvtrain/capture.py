@@ -226,7 +226,8 @@ def capture(
             return  # a decode step: keep what the prefill captured
         runs = image_runs(input_ids, mlm.image_token_id)
         kv.spans = spans_from_runs(mlm, runs, kwargs)
-        kv._index = tuple(is_image.nonzero().unbind(1))  # type: ignore[assignment]
+        rows, cols = is_image.nonzero().unbind(1)
+        kv._index = (rows, cols)
         kv._offsets.clear()
         flat = 0
         for row, row_runs in enumerate(runs):

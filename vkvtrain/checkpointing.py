@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from vkvtrain.checkpoint_files import load_checkpoint_file
 from vkvtrain.errors import RecipeError
 from vkvtrain.interventions import KNOWN_INTERVENTIONS
 from vkvtrain.interventions.base import Intervention, attach_interventions
@@ -43,9 +44,7 @@ def checkpoint_entry(recipe: str, model: str, interventions: list[Intervention])
 def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     """The checkpoint dict (CPU tensors); raises RecipeError if it is not a vkvtrain training checkpoint."""
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise RecipeError(f"checkpoint {str(path)!r} does not exist; pass the .ckpt written by `vkvtrain fit`.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint_file(ckpt_path)  # local files only, weights_only=True, one-line errors
     if CHECKPOINT_KEY not in checkpoint:
         raise RecipeError(f"{str(path)!r} is not a vkvtrain training checkpoint (no {CHECKPOINT_KEY!r} entry).")
     return checkpoint

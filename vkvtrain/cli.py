@@ -1,148 +1,142 @@
-"""`python -m vkvtrain {fit,validate,test,evaluate,probe,kv,tiny}`: parse, build, call.
+"""``python -m vkvtrain <command> ...``: one table of typed entry functions, one parser mechanism, one error handler.
 
-fit/validate/test go to LightningCLI (vkvtrain.training_cli), evaluate to the BLINK evaluator, probe to the
-probe suite; kv and tiny are small typed functions here. Errors vkvtrain raises on bad input end the command
-with exit code 2 and one line on stderr; nothing partial is written.
+A command is one line of :data:`COMMANDS`: where its entry function lives (imported only when the command runs),
+one line of purpose, and its parser: ``typed`` (jsonargparse over the entry's signature and config dataclass,
+see vkvtrain.arguments) or ``lightning`` (LightningCLI over the recipe, see vkvtrain.training_cli). A value that
+is itself a table makes a command with sub-commands (``organism build``). Every entry returns an
+:class:`~vkvtrain.outcome.Outcome` that is printed last: where the outputs went and the headline figures.
+
+A new command is one more line, e.g. ``"compare": Command("vkvtrain.evaluation.compare:compare", "...")`` for an
+entry ``def compare(config: CompareConfig) -> Outcome``, or ``"organism": {"build": Command(...)}`` for
+``python -m vkvtrain organism build``.
+
+Bad input ends a command with exit code 2 and one line on stderr, ``vkvtrain <command>: <what and how to fix
+it>``; third-party noise is hidden (vkvtrain.quiet) unless ``--verbose`` is given anywhere on the line.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import json
-import os
+import re
 import sys
-import tempfile
-from pathlib import Path
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Union
 
+from vkvtrain.arguments import parse_call
 from vkvtrain.errors import VKVError
+from vkvtrain.outcome import Outcome
+from vkvtrain.quiet import quiet
 
-DELEGATED = {
-    "fit": "vkvtrain.training_cli",
-    "validate": "vkvtrain.training_cli",
-    "test": "vkvtrain.training_cli",
-    "evaluate": "vkvtrain.evaluation.cli",
-    "probe": "vkvtrain.probes.cli",
-    "compare": "vkvtrain.evaluation.compare",
+PROG = "python -m vkvtrain"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: ``entry`` = "package.module:function"."""
+
+    entry: str
+    purpose: str
+    parser: Literal["typed", "lightning"] = "typed"
+
+
+Table = dict[str, Union[Command, "Table"]]
+
+COMMANDS: Table = {
+    "fit": Command("vkvtrain.training_cli:fit", "train a recipe's interventions (LightningCLI: RECIPE.yaml)", "lightning"),
+    "validate": Command("vkvtrain.training_cli:validate", "validation metrics of a recipe (optionally a checkpoint)",
+                        "lightning"),
+    "test": Command("vkvtrain.training_cli:test", "test metrics of a recipe (optionally a checkpoint)", "lightning"),
+    "evaluate": Command("vkvtrain.evaluation.cli:evaluate", "BLINK accuracy and the probe-vs-output surfacing gap"),
+    "probe": Command("vkvtrain.probes.cli:probe", "layer x task probe table, reports and heatmaps"),
+    "compare": Command("vkvtrain.evaluation.compare:compare",
+                       "evaluate runs side by side: paired bootstrap intervals and McNemar p-values"),
+    "kv": Command("vkvtrain.kv_command:kv", "write one prompt's image keys/values to a safetensors file"),
+    "tiny": Command("vkvtrain.tiny_command:tiny", "write a seeded tiny random checkpoint of a supported family"),
+    "demo": Command("vkvtrain.demo:demo", "the tiny prefix recipe end to end on CPU, metrics before/after (make demo)"),
 }
 
-
-def parse_layers(text: str | None) -> list[int] | None:
-    """"0,3,-1" -> [0, 3, -1]; None or "all" -> None (every layer)."""
-    if text is None or text == "all":
-        return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise VKVError(f"--layers {text!r} is not a comma-separated list of integers (e.g. 0,3,-1).") from None
+_WORKER = re.compile(r"^Caught \w+ in DataLoader worker process (\d+)\.\nOriginal Traceback")
 
 
-def kv_command(
-    model: str,
-    images: Sequence[str],
-    out: str,
-    text: str = "",
-    prefix: str | None = None,
-    layers: str | None = None,
-) -> Path:
-    """Write one prompt's image keys/values in the grid view to a safetensors file.
-
-    Tensors: input_ids (1, L); values.{layer}.{image}, keys.{layer}.{image} (post-RoPE) and
-    keys_pre_rope.{layer}.{image}, each (H, W, n_kv_heads * head_dim). Metadata: family, model, layers,
-    grid shapes and image token spans (JSON strings).
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    from vkvtrain import Prompt, load_mlm
-    from vkvtrain.layers import resolve_layers
-    from vkvtrain.images import load_image
-    from vkvtrain.models.loading import load_config
-
-    chosen = parse_layers(layers)
-    pictures = [load_image(path) for path in images]
-    if not pictures:
-        raise VKVError("kv needs at least one --image.")
-    n_layers = load_config(model).get_text_config().num_hidden_layers
-    resolve_layers(chosen, n_layers, f"--layers of {model}")  # before the weights load
-    mlm = load_mlm(model)
-    batch = mlm.encode([Prompt(images=pictures, text=text, prefix=prefix)])
-    with torch.no_grad(), mlm.capture(chosen) as kv:
-        mlm.model(**batch.inputs)
-    tensors = {"input_ids": batch.input_ids.contiguous()}
-    for layer in kv.layers:
-        for span in batch.spans[0]:
-            image = kv.image(layer, 0, span.image)
-            for name in ("values", "keys", "keys_pre_rope"):
-                tensors[f"{name}.{layer}.{span.image}"] = image.grid(name).contiguous()
-    metadata = {
-        "family": mlm.family,
-        "model": model,
-        "layers": json.dumps(kv.layers),
-        "grid_shapes": json.dumps([list(span.grid_shape) for span in batch.spans[0]]),
-        "image_spans": json.dumps([[span.start, span.stop] for span in batch.spans[0]]),
-        "n_kv_heads": str(mlm.num_kv_heads),
-        "head_dim": str(mlm.head_dim),
-    }
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=".kv-", suffix=".safetensors", dir=target.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, staging, metadata=metadata)
-        os.replace(staging, target)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
-    return target
+def one_line(error: BaseException) -> str:
+    """The error's message on one line. An error re-raised from a DataLoader worker carries the worker's whole
+    traceback as its message (torch's ExceptionWrapper); its own message is that traceback's last line."""
+    text = str(error)
+    worker = _WORKER.match(text)
+    if worker:
+        last = text.rstrip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if ": " in last else last
+        return f"{message} (in DataLoader worker process {worker.group(1)})"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def tiny_command(family: str, out: str, size: str = "tiny") -> Path:
-    """Write a tiny checkpoint of `family` as a standard HF folder."""
-    from vkvtrain.models.registry import families
-    from vkvtrain.models.tiny import build_tiny
+def usage(table: Table, path: Sequence[str]) -> str:
+    """The command list of ``table`` (the top level, or a command with sub-commands)."""
+    name = " ".join([PROG, *path])
+    width = max(len(k) for k in table)
+    lines = [f"usage: {name} <command> [arguments]   ({name} <command> --help for its arguments)", "",
+             "commands:"]
+    for key, value in table.items():
+        purpose = value.purpose if isinstance(value, Command) else "sub-commands: " + ", ".join(value)
+        lines.append(f"  {key:<{width}}  {purpose}")
+    lines.append("\n--verbose (anywhere) shows third-party output that is hidden by default.")
+    return "\n".join(lines)
 
-    if family not in families():
-        raise VKVError(f"unknown family {family!r}; choose one of {', '.join(families())}.")
-    return build_tiny(family, out, size=size)
+
+def select(argv: Sequence[str]) -> tuple[list[str], Command | Table, list[str]]:
+    """Walk the table down ``argv``: (command path, the Command or the sub-table reached, remaining argv)."""
+    path: list[str] = []
+    node: Command | Table = COMMANDS
+    rest = list(argv)
+    while isinstance(node, dict) and rest and rest[0] in node:
+        path.append(rest[0])
+        node = node[rest.pop(0)]
+    return path, node, rest
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vkvtrain", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in DELEGATED:
-        commands.add_parser(name, add_help=False, help=f"see `python -m vkvtrain {name} --help`")
-    kv = commands.add_parser("kv", help="write one prompt's image keys/values to a safetensors file")
-    kv.add_argument("model", help="hub id, local folder or tiny://<family>")
-    kv.add_argument("--image", action="append", required=True, dest="images", help="image file (repeatable)")
-    kv.add_argument("--text", default="", help="question placed after the image(s)")
-    kv.add_argument("--prefix", default=None, help="text placed immediately before the image(s)")
-    kv.add_argument("--layers", default=None, help="comma-separated LM layers (default: all)")
-    kv.add_argument("--out", required=True, help="output .safetensors file")
-    tiny = commands.add_parser("tiny", help="write a tiny random checkpoint of a supported family")
-    tiny.add_argument("family")
-    tiny.add_argument("--out", required=True)
-    tiny.add_argument("--size", default="tiny", choices=("tiny", "mid"))
-    return parser
+def resolve(entry: str) -> Callable[..., Outcome | None]:
+    module, _, function = entry.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def invoke(command: Command, name: str, argv: Sequence[str]) -> Outcome | None:
+    """Parse ``argv`` the command's way and call its entry function."""
+    entry = resolve(command.entry)
+    if command.parser == "lightning":
+        return entry(list(argv))
+    args, kwargs = parse_call(entry, argv, f"{PROG} {name}")
+    return entry(*args, **kwargs)
+
+
+def _exit_code(stop: SystemExit) -> int:
+    return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one-line errors on stderr, not weight-loading bars
-    try:
-        if argv and argv[0] in DELEGATED:
-            module = importlib.import_module(DELEGATED[argv[0]])
-            return int(module.main(argv) or 0)
-        args = build_parser().parse_args(argv)
-        if args.command == "kv":
-            path = kv_command(args.model, args.images, args.out, args.text, args.prefix, args.layers)
-        else:
-            path = tiny_command(args.family, args.out, args.size)
-        print(path)
-        return 0
-    except VKVError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """Entry of ``python -m vkvtrain`` and the ``vkvtrain`` script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
+    path, node, rest = select(args)
+    if isinstance(node, dict):
+        if rest and rest[0] not in ("-h", "--help"):
+            where = " ".join(["vkvtrain", *path])
+            print(f"{where}: unknown command {rest[0]!r}; choose one of {', '.join(node)} "
+                  f"(`{PROG} {' '.join(path)} --help`).".replace("  ", " "), file=sys.stderr)
+            return 2
+        print(usage(node, path), file=sys.stdout if rest else sys.stderr)
+        return 0 if rest else 2
+    name = " ".join(path)
+    outcome: Any = None
+    with quiet(verbose):
+        try:
+            outcome = invoke(node, name, rest)
+        except VKVError as error:
+            print(f"vkvtrain {name}: {one_line(error)}", file=sys.stderr)
+            return 2
+        except SystemExit as stop:  # --help / --print_config
+            return _exit_code(stop)
+    if isinstance(outcome, Outcome):
+        print(outcome.render())
+    return 0

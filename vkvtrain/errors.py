@@ -45,3 +45,11 @@ class ModelLoadError(VKVError, OSError):
 
 class LayerError(CaptureError, RecipeError):
     """A layer index names no LM layer of the model."""
+
+
+class CheckpointError(VKVError, ValueError):
+    """A checkpoint is remote, missing, unreadable, or holds more than plain tensors and containers."""
+
+
+class OutputError(VKVError, OSError):
+    """An output location cannot be written (checked before any expensive work, and after each save)."""

@@ -11,6 +11,11 @@ from PIL import Image, UnidentifiedImageError
 from vkvtrain.errors import ImageLoadError
 
 
+def _bomb_message(where: str, error: Image.DecompressionBombError) -> str:
+    return (f"{where} is too large to decode safely ({error.args[0].split(' could be')[0]}); downscale it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file.")
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Open an image file fully (so truncated files fail here, not mid-batch) as RGB."""
     path = Path(path)
@@ -20,6 +25,8 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             image.load()
             return image.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(_bomb_message(f"image {str(path)!r}", error)) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ImageLoadError(
             f"image {str(path)!r} is corrupt or not an image ({error}); re-export it as PNG or JPEG."
@@ -44,6 +51,8 @@ def decode_image(
             with Image.open(source) as image:
                 image.load()
                 return image.convert("RGB")
+        except Image.DecompressionBombError as error:
+            raise ImageLoadError(f"{_bomb_message(where, error)} ({fix})") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise ImageLoadError(f"{where}: the image is corrupt or unreadable ({error}); {fix}.") from error
     raise ImageLoadError(f"{where}: holds {type(value).__name__}, not an image; {fix}.")

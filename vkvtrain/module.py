@@ -201,10 +201,10 @@ class VKVModule(L.LightningModule):
         assert isinstance(count, torch.Tensor)
         return forward.token_loss_sum * world / count.clamp_min(1)
 
-    def validation_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, ValidationStep]:  # type: ignore[override]
+    def validation_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, ValidationStep]:
         return {"step": self._eval_step(batch, "val")}
 
-    def test_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, ValidationStep]:  # type: ignore[override]
+    def test_step(self, batch: TrainBatch, batch_idx: int) -> dict[str, ValidationStep]:
         return {"step": self._eval_step(batch, "test")}
 
     def _eval_step(self, batch: TrainBatch, stage: str) -> ValidationStep:

@@ -157,12 +157,20 @@ _FIT_ATTEMPTS = 4  # re-tokenizing a cut question can merge differently at the c
 
 def _tokenize(mlm: LoadedMLM, prompts: Sequence[Prompt]) -> tuple[list[str], dict[str, Any]]:
     texts = [render(mlm, p) for p in prompts]
-    inputs = dict(
-        mlm.processor(
-            text=texts, images=[list(p.images) for p in prompts], padding=True, padding_side="left",
-            return_tensors="pt",
+    try:
+        inputs = dict(
+            mlm.processor(
+                text=texts, images=[list(p.images) for p in prompts], padding=True, padding_side="left",
+                return_tensors="pt",
+            )
         )
-    )
+    except ValueError as error:  # the image processor refuses an image it cannot resize (e.g. > 200:1 on Qwen2.5-VL)
+        sizes = "; ".join(f"prompt {i}: " + ", ".join(f"{im.width}x{im.height}" for im in p.images)
+                          for i, p in enumerate(prompts))
+        raise PromptError(
+            f"the {mlm.family} processor refused the images ({str(error).splitlines()[0]}); image sizes "
+            f"(width x height) {sizes}. Crop or pad them to a shape the family accepts."
+        ) from error
     if all(p.answer is not None for p in prompts):
         inputs["labels"] = answer_labels(mlm, inputs["input_ids"], [p.answer or "" for p in prompts])
     return texts, inputs

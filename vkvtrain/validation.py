@@ -3,10 +3,12 @@
 Per validation (and test) batch, from the image keys/values `VKVModule.validation_step` captured at the probed
 layers:
 - the key input-agnosticism of the split's own images (`KeyInputAgnosticism`, one shared grid size), logged as
-  ``<stage>/split_keys/agnosticism/layer_<L>`` and ``.../n_flagged/layer_<L>``;
+  ``<stage>/data/key_agnosticism/score/layer_<L>`` and ``.../n_flagged/layer_<L>``;
 - for BLINK-style rows, output right/wrong vs the latent probe's answer at each layer (`SurfacingGap`), logged
-  as ``<stage>/output_accuracy/<subtask>``, ``<stage>/probe_accuracy/<subtask>/layer_<L>`` and
-  ``<stage>/gap_all/<subtask>/layer_<L>``.
+  as ``<stage>/data/output_accuracy/<subtask>``, ``<stage>/data/probe_accuracy/<subtask>/layer_<L>`` and
+  ``<stage>/data/gap_all/<subtask>/layer_<L>``.
+Everything measured on the validation split lives under ``<stage>/data/``; the probe suite (its own synthetic or
+real probe data) under ``<stage>/probe/``.
 At each epoch end it also runs the perception probe suite on the model as it is now (``probe_tasks``; prompts
 carry the interventions' prefix), logged as ``<stage>/probe/<task>/<metric>/<row>`` with rows ``layer_<L>`` or
 a named baseline, and draws every per-layer series into one layer x task heatmap for W&B.
@@ -210,9 +212,9 @@ class ValidationProbes(Callback):
         except ValueError:  # fewer than two images in the whole split
             return
         for i, layer in enumerate(self.layers):
-            logged[f"{stage}/split_keys/agnosticism/layer_{layer}"] = float(result["score"][i])
-            logged[f"{stage}/split_keys/n_flagged/layer_{layer}"] = float(result["n_flagged"][i])
-        heat_rows["split_keys:agnosticism"] = [float(v) for v in result["score"]]
+            logged[f"{stage}/data/key_agnosticism/score/layer_{layer}"] = float(result["score"][i])
+            logged[f"{stage}/data/key_agnosticism/n_flagged/layer_{layer}"] = float(result["n_flagged"][i])
+        heat_rows["data:key_agnosticism"] = [float(v) for v in result["score"]]
 
     def _gap_values(self, stage: str, logged: dict[str, float], heat_rows: dict[str, list[float]]) -> None:
         assert self.gap is not None
@@ -222,12 +224,12 @@ class ValidationProbes(Callback):
         for s, task in enumerate(BLINK_SUBTASKS):
             if math.isnan(float(result["output_accuracy"][s])):
                 continue  # no question of this subtask
-            logged[f"{stage}/output_accuracy/{task}"] = float(result["output_accuracy"][s])
+            logged[f"{stage}/data/output_accuracy/{task}"] = float(result["output_accuracy"][s])
             for i, layer in enumerate(self.layers):
                 for key in ("gap_all", "probe_accuracy"):
                     value = float(result[key][s, i])
                     if not math.isnan(value):
-                        logged[f"{stage}/{key}/{task}/layer_{layer}"] = value
+                        logged[f"{stage}/data/{key}/{task}/layer_{layer}"] = value
             heat_rows[f"probe_acc:{task}"] = [float(v) for v in result["probe_accuracy"][s]]
             heat_rows[f"gap:{task}"] = [float(v) for v in result["gap_all"][s]]
 

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image
 
+from vkvtrain.data.parquet import check_parquet_files
 from vkvtrain.errors import DatasetError
 from vkvtrain.images import decode_image, undecoded_image_columns
 
@@ -165,6 +166,7 @@ def _load_local_subtask(root: Path, subtask: str, split: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    check_parquet_files(files, f"BLINK subtask {subtask}, split {split!r}")
     # Reading with pyarrow avoids a datasets cache copy; the features (Image columns) come back from the
     # schema metadata that Dataset.to_parquet and the hub write.
     table = pa.concat_tables([pq.read_table(f) for f in files])

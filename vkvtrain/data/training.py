@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from vkvtrain.data.blink_rows import questions_to_rows
 from vkvtrain.data.blink_style import cached_blink_style
+from vkvtrain.data.parquet import check_parquet_files
 from vkvtrain.data.synthetic_blink import synthetic_blink_questions
 from vkvtrain.errors import DatasetError
 from vkvtrain.images import decode_image, undecoded_image_columns
@@ -127,6 +128,7 @@ def _local(path: Path, spec: DataSource) -> Any:
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         return _pick_split(datasets.load_from_disk(str(path)), spec)
     if path.is_file() and path.suffix == ".parquet":
+        check_parquet_files([path], f"data source, split {spec.split!r}")
         return datasets.load_dataset("parquet", data_files={spec.split: str(path)}, split=spec.split)
     if path.is_dir():
         split_files = sorted(path.glob(f"**/{spec.split}*.parquet")) or sorted(path.glob(f"**/{spec.split}/*.parquet"))
@@ -136,6 +138,7 @@ def _local(path: Path, spec: DataSource) -> Any:
                 f"{str(path)!r} holds no parquet file for split {spec.split!r} (found splits: {available or 'none'}). "
                 "Name files <split>.parquet / <split>-*.parquet, or point data.source at a save_to_disk folder."
             )
+        check_parquet_files(split_files, f"data source {str(path)!r}, split {spec.split!r}")
         return datasets.load_dataset("parquet", data_files={spec.split: [str(p) for p in split_files]}, split=spec.split)
     raise DatasetError(f"{str(path)!r} is neither a parquet file nor a dataset folder.")
 

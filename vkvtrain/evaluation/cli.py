@@ -1,17 +1,16 @@
 """``python -m vkvtrain evaluate eval/blink.yaml [--model M] [--ckpt_path P] [--data.root DIR] ...``
 
-Parses a YAML config plus dotted overrides into :class:`EvalConfig` (unknown keys fail naming the key),
-loads the questions, the model (with the configured processor resolution, a trained checkpoint's interventions
-and the configured ones), evaluates (sharded over processes with ``--devices N``) and writes results.json,
-responses.jsonl and results.md into ``output_dir``; every output names the protocol, the resolution settings
-and the data revision.
+The config (positional or -c/--config) plus dotted overrides is parsed into :class:`EvalConfig` by vkvtrain's
+one parser (vkvtrain.arguments: unknown keys fail naming the key). The run loads the questions, the model (with
+the configured processor resolution, a trained checkpoint's interventions and the configured ones), evaluates
+(sharded over processes with ``--devices N``) and writes results.json, responses.jsonl and results.md into
+``output_dir``; every output names the protocol, the resolution settings and the data revision.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +18,7 @@ from typing import Any, Sequence
 import torch
 from lightning.fabric import Fabric
 
+from vkvtrain.arguments import parse_call
 from vkvtrain.checkpointing import (
     CHECKPOINT_KEY,
     build_intervention,
@@ -27,10 +27,10 @@ from vkvtrain.checkpointing import (
 )
 from vkvtrain.data.blink import BlinkLoad, read_blink
 from vkvtrain.data.synthetic_blink import synthetic_blink_questions
-from vkvtrain.errors import RecipeError, VKVError
+from vkvtrain.errors import RecipeError
 from vkvtrain.evaluation.blink import evaluate_blink
 from vkvtrain.evaluation.config import EvalConfig
-from vkvtrain.evaluation.report import headline, log_wandb, write_outputs
+from vkvtrain.evaluation.report import describe, log_wandb, write_outputs
 from vkvtrain.evaluation.scoring import prompts_for
 from vkvtrain.evaluation.sharding import Shard
 from vkvtrain.interventions import (
@@ -41,44 +41,41 @@ from vkvtrain.interventions import (
 )
 from vkvtrain.mlm import MLM
 from vkvtrain.models.loading import load_mlm
+from vkvtrain.outcome import Outcome
+from vkvtrain.outputs import check_writable_dir
 
 
-def build_parser() -> Any:
-    from jsonargparse import ActionConfigFile, ArgumentParser
+def evaluate(config: EvalConfig) -> Outcome:
+    """Evaluate a base model or a trained checkpoint on BLINK (eval/README.md documents every key).
 
-    parser = ArgumentParser(
-        prog="python -m vkvtrain evaluate",
-        description="Evaluate a base model or a trained checkpoint on BLINK (see eval/README.md).",
-        exit_on_error=False,
+    Writes results.json, responses.jsonl and results.md into output_dir; with wandb.project set, also a W&B run.
+    """
+    check_writable_dir(config.output_dir, "output_dir")  # before the (slow) model load
+    if config.wandb.project and config.wandb.save_dir:
+        check_writable_dir(config.wandb.save_dir, "wandb.save_dir")
+    results = run(config)
+    out = Path(config.output_dir)
+    if results.get("macro") is not None:
+        score = f"macro {100 * results['macro']:.1f}, micro {100 * results['micro']:.1f} over {results['n']} questions"
+    else:
+        score = f"no gold answers to score ({results['n']} questions answered)"
+    figures = {f"BLINK {config.data.split}": score}
+    figures.update(line.split(": ", 1) for line in describe(results))  # protocol, resolution, data
+    return Outcome(
+        title=f"evaluate {config.model}" + (f" with {config.ckpt_path}" if config.ckpt_path else ""),
+        outputs={name: str(out / name) for name in ("results.json", "responses.jsonl", "results.md")},
+        figures=figures,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config (also accepted positionally)")
-    parser.add_class_arguments(EvalConfig, as_group=False)
-    return parser
 
 
 def parse_config(argv: Sequence[str]) -> EvalConfig:
-    """argv (without the subcommand) -> EvalConfig. A first argument without a dash is the config file."""
-    from jsonargparse import ArgumentError
-
+    """argv (an optional leading ``evaluate`` dropped) -> EvalConfig, through vkvtrain's one parser."""
     args = list(argv)
     if args and args[0] == "evaluate":
         args = args[1:]
-    if args and not args[0].startswith("-"):
-        if not Path(args[0]).is_file():
-            raise RecipeError(f"config file {args[0]} does not exist")
-        args = ["--config", *args]
-    parser = build_parser()
-    try:
-        ns = parser.parse_args(args)
-        cfg = parser.instantiate(ns)
-    except (ArgumentError, ValueError, TypeError) as error:
-        if isinstance(error, VKVError):
-            raise
-        raise RecipeError(f"invalid evaluate config: {error}".strip()) from error
-    cfg.pop("config", None)
-    if hasattr(cfg, "as_dict"):
-        cfg = cfg.as_dict()
-    return EvalConfig(**{k: v for k, v in dict(cfg).items() if k != "__path__"})
+    (config,), _ = parse_call(evaluate, args, "python -m vkvtrain evaluate")
+    assert isinstance(config, EvalConfig)
+    return config
 
 
 def load_questions(cfg: EvalConfig) -> BlinkLoad:
@@ -153,14 +150,6 @@ def apply_interventions(mlm: MLM, cfg: EvalConfig, questions: Sequence[Any]) -> 
     return applied_records(interventions, "config")
 
 
-def check_writable(folder: str) -> None:
-    """Fail before any expensive work when ``folder`` cannot be created or written."""
-    path = Path(folder)
-    existing = next((p for p in [path, *path.parents] if p.exists()), None)
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise RecipeError(f"output_dir {folder} is not writable (checked {existing}); choose another --output_dir")
-
-
 def _accelerator(cfg: EvalConfig) -> str:
     if cfg.device is None:
         return "auto"
@@ -176,18 +165,18 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     (strategy ``cfg.strategy``); the results equal a single-process run.
     """
     cfg.model = resolve_model(cfg)
-    check_writable(cfg.output_dir)
+    check_writable_dir(cfg.output_dir, "output_dir")
     if cfg.devices * cfg.num_nodes == 1:
-        return evaluate(cfg, Shard(), None)
+        return evaluate_shard(cfg, Shard(), None)
     fabric = Fabric(accelerator=_accelerator(cfg), devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy)
     return fabric.launch(functools.partial(_evaluate_process, cfg=cfg))  # picklable for ddp_spawn
 
 
 def _evaluate_process(fabric: Any, cfg: EvalConfig) -> dict[str, Any]:
-    return evaluate(cfg, Shard.of(fabric), fabric.device)
+    return evaluate_shard(cfg, Shard.of(fabric), fabric.device)
 
 
-def evaluate(cfg: EvalConfig, shard: Shard, device: Any) -> dict[str, Any]:
+def evaluate_shard(cfg: EvalConfig, shard: Shard, device: Any) -> dict[str, Any]:
     """One process's part of :func:`run`: load, answer its batches, gather; rank 0 writes the outputs."""
     assert cfg.model is not None
     loaded = load_questions(cfg)  # data errors surface before the (slow) model load
@@ -219,15 +208,5 @@ def evaluate(cfg: EvalConfig, shard: Shard, device: Any) -> dict[str, Any]:
         log_wandb(results, run_)
         run_.finish()
     print((out / "results.md").read_text())
-    print(headline(results), f"-> {out}")
     return results
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point used by ``python -m vkvtrain evaluate``; returns the exit code."""
-    try:
-        run(parse_config(sys.argv[1:] if argv is None else argv))
-        return 0
-    except VKVError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2

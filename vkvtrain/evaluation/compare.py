@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import glob
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from vkvtrain.data.blink import BLINK_SUBTASKS
-from vkvtrain.errors import RecipeError, VKVError
+from vkvtrain.errors import RecipeError
+from vkvtrain.evaluation.compare_report import log_wandb, write_outputs
 from vkvtrain.evaluation.config import WandbConfig
 from vkvtrain.evaluation.statistics import mcnemar_exact, paired_bootstrap
+from vkvtrain.outcome import Outcome
+from vkvtrain.outputs import check_writable_dir
 
 METRICS = ("output_accuracy", "probe_accuracy", "gap_all")
 Question = tuple[str, str]  # (subtask, idx)
@@ -40,6 +42,8 @@ class CompareConfig:
     """runs: two or more ``[LABEL=]FOLDER[,FOLDER...]`` (several folders or a glob = seeds pooled into one row);
     the first is the reference. output_dir: where compare.json, compare.md and compare.png go. n_resamples, seed,
     confidence: the paired bootstrap. wandb: set ``project`` to log the table."""
+
+    POSITIONAL: ClassVar[str] = "runs"  # `compare RUN_A RUN_B ...`: the bare arguments are the runs
 
     runs: list[str] = field(default_factory=list)
     output_dir: str = "outputs/compare"
@@ -230,51 +234,35 @@ def compare_runs(runs: Sequence[Run], cfg: CompareConfig) -> dict[str, Any]:
     }
 
 
+def compare(config: CompareConfig) -> Outcome:
+    """Compare evaluate output folders with the first one: per subtask and overall, output accuracy, latent probe
+    accuracy and surfacing gap of each run, paired bootstrap intervals and exact McNemar p-values
+    (eval/README.md). Writes compare.json, compare.md and compare.png into output_dir.
+
+    Runs are given as bare arguments, ``[LABEL=]FOLDER[,FOLDER...]`` (several folders or a quoted glob pool the
+    seeds of one run): ``python -m vkvtrain compare outputs/base "prefix=outputs/prefix_seed*"``.
+    """
+    check_writable_dir(config.output_dir, "output_dir")
+    comparison = run(config)
+    out = Path(config.output_dir)
+    labels = [r["label"] for r in comparison["runs"]]
+    figures = {}
+    for row in comparison["rows"]:
+        if row["subtask"] in ("macro", "micro") and row["metric"] == "output_accuracy":
+            figures[f"{row['subtask']} output accuracy vs {labels[0]}"] = "; ".join(
+                f"{label} {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                for label, d in zip(labels[1:], row["differences"][1:]) if d)
+    return Outcome(title=f"compare {len(config.runs)} runs against {config.runs[0]}",
+                   outputs={name: str(out / name) for name in ("compare.json", "compare.md", "compare.png")},
+                   figures=figures)
+
+
 def run(cfg: CompareConfig) -> dict[str, Any]:
     """Load the runs, compare them with the first, write compare.json / compare.md / compare.png."""
-    from vkvtrain.evaluation.compare_report import log_wandb, write_outputs
-
     runs = [load_run(spec) for spec in cfg.runs]
     comparison = compare_runs(runs, cfg)
     out = write_outputs(Path(cfg.output_dir), comparison)
     if cfg.wandb.project:
         log_wandb(comparison, cfg.wandb)
     print((out / "compare.md").read_text())
-    print(f"-> {out}")
     return comparison
-
-
-def parse_config(argv: Sequence[str]) -> CompareConfig:
-    """argv (without the subcommand) -> CompareConfig: positional runs, then ``--key value`` options."""
-    from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
-
-    args = list(argv)
-    if args and args[0] == "compare":
-        args = args[1:]
-    parser = ArgumentParser(prog="python -m vkvtrain compare", exit_on_error=False,
-                            description="Compare evaluate runs with paired statistics (see eval/README.md).")
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config")
-    parser.add_argument("runs", nargs="+", help="[LABEL=]FOLDER[,FOLDER...]; several folders = seeds of one run")
-    parser.add_class_arguments(CompareConfig, as_group=False, skip={"runs"})
-    try:
-        ns = parser.parse_args(args)
-        values = parser.instantiate_classes(ns).as_dict()
-    except (ArgumentError, ValueError, TypeError) as error:
-        if isinstance(error, VKVError):
-            raise
-        raise RecipeError(f"invalid compare arguments: {error}".strip()) from error
-    values.pop("config", None)
-    values.pop("__path__", None)
-    wandb = values.pop("wandb")
-    return CompareConfig(wandb=wandb if isinstance(wandb, WandbConfig) else WandbConfig(**wandb), **values)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m vkvtrain compare``; returns the exit code."""
-    try:
-        run(parse_config(sys.argv[1:] if argv is None else argv))
-        return 0
-    except VKVError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-

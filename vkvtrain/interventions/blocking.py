@@ -16,7 +16,7 @@ blocking artifacts can be told apart from a gain from blocking any that many key
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -195,7 +195,7 @@ class AttentionBlocking(Intervention):
                     blocked[r, b, start + rel] = True
         self._blocked = blocked
 
-    def _hook(self, row: int):  # type: ignore[no-untyped-def]
+    def _hook(self, row: int) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], tuple[tuple[Any, ...], dict[str, Any]]]:
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             if self._blocked is None:
                 return args, kwargs
@@ -223,7 +223,7 @@ class AttentionBlocking(Intervention):
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.positions = state["positions"].clone().to(self.positions.device)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         key = prefix + "positions"
         if key in state_dict:
             self.positions = torch.empty_like(state_dict[key], device=self.positions.device)

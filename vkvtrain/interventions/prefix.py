@@ -10,6 +10,8 @@ because it prepends at sequence start and rewrites Qwen2.5-VL's positions as 1-D
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -110,7 +112,7 @@ class LearnedPrefix(Intervention):
             self.vectors = nn.Parameter(torch.empty_like(state["vectors"], device=self.vectors.device))
         super().load_trainable_state_dict(state)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Lazy shape: accept the checkpoint's (N, H) even before attach() has sized the parameter.
         key = prefix + "vectors"
         if key in state_dict and state_dict[key].shape != self.vectors.shape:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ import transformers
 from vkvtrain.errors import UnsupportedModelError
 from vkvtrain.models.registry import adapter_for_family, families
 from vkvtrain.models.tiny_parts import SIZES
+from vkvtrain.outputs import apply_default_modes, staging_dir
 
 TINY_SCHEME = "tiny://"
 SEED = 0
@@ -45,7 +45,7 @@ def build_tiny(family: str, out_dir: str | Path, size: str = "tiny") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
-    return out_dir
+    return apply_default_modes(out_dir)  # save_pretrained writes model.safetensors 0600
 
 
 def tiny_cache_dir() -> Path:
@@ -65,7 +65,7 @@ def ensure_tiny(family: str, size: str = "tiny") -> Path:
     if (target / "vkvtrain_tiny.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{family}-", dir=target.parent))
+    staging = staging_dir(target.parent, prefix=f".{family}-")  # the usual folder mode, not mkdtemp's 0700
     try:
         build_tiny(family, staging, size=size)
         (staging / "vkvtrain_tiny.json").write_text(json.dumps({"family": family, "size": size, "seed": SEED}))

@@ -3,66 +3,76 @@
 Examples::
 
     python -m vkvtrain probe eval/probes.yaml
-    python -m vkvtrain probe eval/probes.yaml --model tiny://qwen2_5_vl --tasks fewshot,keypoints \\
+    python -m vkvtrain probe eval/probes.yaml --model tiny://qwen2_5_vl --tasks [fewshot,keypoints] \\
         --prefix.mode generic --data.fewshot.n 2 --output_dir runs/probes_qwen
 
-Every key of the YAML can be overridden with ``--<dotted.key> <value>`` (values are read as YAML);
-``--model X`` replaces the model list by one model. Unknown keys fail naming the key.
+Every key of the YAML can be overridden with ``--<dotted.key> <value>`` (values are YAML; a list also by
+repeating its key: ``--tasks fewshot --tasks keypoints``); ``--model X`` replaces the model list by one model.
+Unknown keys fail naming the key (vkvtrain.arguments parses every command the same way).
 """
 
 from __future__ import annotations
 
-import sys
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from vkvtrain.errors import RecipeError, VKVError
 from vkvtrain.models.loading import load_mlm
-from vkvtrain.probes.config import ProbeConfig, load_config
+from vkvtrain.outcome import Outcome
+from vkvtrain.outputs import check_writable_dir
+from vkvtrain.probes.config import ModelSpec, ProbeConfig
 from vkvtrain.probes.encoder import VisionEncoder
 from vkvtrain.probes.perception import read_perception_score
 from vkvtrain.probes.report import input_embeds_correlation, model_names, write_reports
 from vkvtrain.probes.suite import ProbeSuite
+from vkvtrain.probes.tasks import REGISTRY
+
+Results = dict[str, dict[str, dict[str, dict[str, float]]]]  # model -> task -> metric -> row -> value
 
 
-def parse_argv(argv: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
-    """``[config] --a.b v ...`` -> (config path or None, [(dotted, value)]). ``--a.b=v`` also works."""
-    config: str | None = None
-    overrides: list[tuple[str, str]] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--"):
-            key = arg[2:]
-            if "=" in key:
-                key, value = key.split("=", 1)
-            elif i + 1 < len(argv):
-                i += 1
-                value = argv[i]
-            else:
-                raise RecipeError(f"override {arg} has no value; write {arg} <value>")
-            if key in ("config", "c"):
-                config = value
-            else:
-                overrides.append((key, value))
-        elif config is None:
-            config = arg
-        else:
-            raise RecipeError(f"unexpected argument {arg!r}; give one config file and --dotted.key value overrides")
-        i += 1
-    return config, overrides
+def probe(config: ProbeConfig, model: str | None = None) -> Outcome:
+    """Run the probe suite (eval/PROBES.md) on each model; write probes.json, probes.csv, probes.md and heatmaps.
+
+    Args:
+        model: shorthand for one model (hub id, local folder or tiny://<family>) in place of the config's models.
+    """
+    if model is not None:
+        config.models = [ModelSpec(spec=model)]
+    check_writable_dir(config.output_dir, "output_dir")  # before any model loads
+    results: Results = {}
+    paths = run(config, results)
+    figures = {}
+    for name, per_task in results.items():
+        best = []
+        for task, metrics in per_task.items():
+            primary = REGISTRY[task].primary
+            values = {row: v for row, v in metrics.get(primary, {}).items() if not math.isnan(v)}
+            if values:
+                row = max(values, key=values.__getitem__)
+                best.append(f"{task}.{primary} {values[row]:.3f} ({_row_name(row)})")
+        figures[f"{name}: best row per task"] = "; ".join(best) or "no finite value"
+    return Outcome(title=f"probe ({len(config.models)} model(s), {len(config.tasks)} task(s))",
+                   outputs={kind: str(path) for kind, path in paths.items()}, figures=figures)
 
 
-def run(cfg: ProbeConfig) -> dict[str, Path]:
-    """Load each model, run the suite, write the reports; returns the written paths."""
+def _row_name(row: str) -> str:
+    """Row keys of the suite: an LM layer index, or a named baseline (``input_embeds``, ``vision``, ``encoder``)."""
+    return f"LM layer {row}" if row.isdigit() else row
+
+
+def run(cfg: ProbeConfig, results: Results | None = None) -> dict[str, Path]:
+    """Load each model, run the suite, write the reports; returns the written paths (``results``, when given,
+    receives ``{model name: {task: {metric: {row: value}}}}``)."""
     names = model_names(cfg.models)
     # perception scores are read (and checked) before any model is loaded
     scores = {name: read_perception_score(spec.perception_results, spec.spec)
               for name, spec in zip(names, cfg.models) if spec.perception_results}
     torch.manual_seed(cfg.seed)
     encoder = VisionEncoder(cfg.encoder, device=cfg.device) if cfg.encoder else None
-    per_model, extras = {}, {}
+    per_model: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
     for name, spec in zip(names, cfg.models):
         mlm = load_mlm(spec.spec, dtype=spec.dtype, device_map=cfg.device, random_init=spec.random_init,
                        init_seed=spec.init_seed)
@@ -70,29 +80,7 @@ def run(cfg: ProbeConfig) -> dict[str, Path]:
         per_model[name] = suite.run()
         extras[name] = suite.extras
         del mlm, suite
+    if results is not None:
+        results.update(per_model)
     correlation = input_embeds_correlation(per_model, scores)
     return write_reports(per_model, cfg.output_dir, correlation, extras)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``vkvtrain probe``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "probe":  # vkvtrain.cli passes the subcommand along
-        argv = argv[1:]
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    try:
-        config, overrides = parse_argv(argv)
-        cfg = load_config(config, overrides)
-        paths = run(cfg)
-    except VKVError as err:
-        print(f"vkvtrain probe: {err}", file=sys.stderr)
-        return 2
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,15 +1,10 @@
-"""The probe-suite config (``eval/probes.yaml``): typed dataclasses validated on construction, dotted overrides."""
+"""The probe-suite config (``eval/probes.yaml``): typed dataclasses, parsed by vkvtrain's one parser
+(vkvtrain.arguments: strict keys, dotted overrides)."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from vkvtrain.data.perception import LOADERS
 from vkvtrain.errors import RecipeError
@@ -17,7 +12,7 @@ from vkvtrain.probes.features import SOURCES
 from vkvtrain.probes.protocol import ProbeProtocol
 from vkvtrain.probes.tasks import REGISTRY, TASKS
 
-__all__ = ["DataSpec", "ModelSpec", "PrefixSpec", "ProbeConfig", "ProbeProtocol", "TASKS", "load_config"]
+__all__ = ["DataSpec", "ModelSpec", "PrefixSpec", "ProbeConfig", "ProbeProtocol", "TASKS"]
 
 
 @dataclass
@@ -158,85 +153,3 @@ class ProbeConfig:
             raise RecipeError(f"data.{task}.source {spec.source!r} does not serve {task}; use {serves!r} (or synthetic)")
         if not spec.root:
             raise RecipeError(f"data.{task}.root is required for source {spec.source!r}: the folder of its native layout")
-
-
-def _build(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, str) and tp is ModelSpec:
-            value = {"spec": value}
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where or 'config'} must be a mapping, got {value!r}")
-        hints = typing.get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        for key in value:
-            if key not in names:
-                raise RecipeError(f"unknown key {where + '.' if where else ''}{key}; valid keys: {sorted(names)}")
-        cls: Any = tp
-        return cls(**{k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()})
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _build(arg, value, where)
-            except RecipeError as err:
-                errors.append(str(err))
-        raise RecipeError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise RecipeError(f"{where} must be a list, got {value!r}")
-        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where} must be a mapping, got {value!r}")
-        return {str(k): _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if origin is Literal:
-        if value not in args:
-            raise RecipeError(f"{where} must be one of {list(args)}, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, str) and value.lstrip("-").isdigit():
-        return int(value)
-    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    raise RecipeError(f"{where} must be {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
-def apply_override(raw: dict[str, Any], dotted: str, value: str) -> None:
-    """Set ``raw[a][b]... = yaml(value)`` for ``dotted = "a.b..."``; ``model`` is short for one model spec."""
-    parsed = yaml.safe_load(value) if value != "" else ""
-    if dotted == "model":
-        raw["models"] = [{"spec": str(parsed)}]
-        return
-    keys = dotted.split(".")
-    node = raw
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise RecipeError(f"override --{dotted}: {key} is not a mapping")
-    node[keys[-1]] = parsed
-
-
-def load_config(path: str | Path | None, overrides: list[tuple[str, str]] | None = None) -> ProbeConfig:
-    """Read the YAML (None = defaults), apply ``(dotted.key, value)`` overrides, validate strictly."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise RecipeError(f"probe config {str(p)!r} does not exist")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise RecipeError(f"{p}: the top level must be a mapping")
-    for dotted, value in overrides or []:
-        apply_override(raw, dotted, value)
-    return _build(ProbeConfig, raw, "")
