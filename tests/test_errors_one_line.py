@@ -60,7 +60,8 @@ def test_empty_and_foreign_parquet_files_in_a_blink_folder(tmp_path, capsys, bli
     pq.write_table(table.slice(0, 0), blink_root / "Counting" / "val.parquet")
     args = [*EVAL, "--data.root", str(blink_root), "--data.subtasks", "[Counting]", "--output_dir", str(tmp_path / "o")]
     assert main(["evaluate", *args]) == 2
-    assert "has no rows" in _last_line(capsys, "evaluate")
+    # the empty subtask is named with its fix (or data.skip_malformed), in one line
+    assert "BLINK subtask Counting (val) holds no questions" in _last_line(capsys, "evaluate")
     pq.write_table(table, blink_root / "Counting" / "val.parquet")
     (blink_root / "Counting" / "val-00001.parquet").write_text("notes, not a parquet file\n")
     assert main(["evaluate", *args]) == 2

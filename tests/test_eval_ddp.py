@@ -45,4 +45,4 @@ def test_two_processes_write_what_one_process_writes(tmp_path: Path) -> None:
     assert "latent" in _results(tmp_path / "single")  # the probes ran in both
     bar = double.stderr.replace("\r", "\n").splitlines()
     assert any("2 processes" in line and "14/14" in line and "q/s" in line for line in bar), double.stderr[-2000:]
-    assert double.stdout.count("BLINK macro") == 1  # rank 0 alone prints and writes
+    assert double.stdout.count("== evaluate") == 1  # rank 0 alone prints and writes

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 from vkvtrain.errors import DatasetError
 
 
-def check_parquet_files(files: Sequence[Path], what: str) -> int:
-    """The total row count of ``files``; DatasetError for a file that is not parquet or when there are no rows."""
+def check_parquet_files(files: Sequence[Path], what: str, allow_empty: bool = False) -> int:
+    """The total row count of ``files``; DatasetError for a file that is not parquet, or when there are no rows
+    (unless ``allow_empty``: the caller reports an empty source its own way)."""
     total = 0
     for file in files:
         try:
@@ -23,7 +24,7 @@ def check_parquet_files(files: Sequence[Path], what: str) -> int:
                 f"{str(file)!r} ({what}) is not a readable parquet file ({str(error).splitlines()[0]}); "
                 "remove it from the folder or re-export it with Dataset.to_parquet."
             ) from None
-    if total == 0:
+    if total == 0 and not allow_empty:
         names = ", ".join(repr(str(f)) for f in files)
         raise DatasetError(f"{what} has no rows: {names} hold 0 rows; point it at parquet files with data.")
     return total

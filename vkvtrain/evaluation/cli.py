@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import torch
 from lightning.fabric import Fabric
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from vkvtrain.arguments import parse_call
 from vkvtrain.checkpointing import (
@@ -45,7 +46,7 @@ from vkvtrain.outcome import Outcome
 from vkvtrain.outputs import check_writable_dir
 
 
-def evaluate(config: EvalConfig) -> Outcome:
+def evaluate(config: EvalConfig) -> Outcome | None:
     """Evaluate a base model or a trained checkpoint on BLINK (eval/README.md documents every key).
 
     Writes results.json, responses.jsonl and results.md into output_dir; with wandb.project set, also a W&B run.
@@ -54,13 +55,17 @@ def evaluate(config: EvalConfig) -> Outcome:
     if config.wandb.project and config.wandb.save_dir:
         check_writable_dir(config.wandb.save_dir, "wandb.save_dir")
     results = run(config)
+    if getattr(rank_zero_only, "rank", 0) != 0:  # a process of a sharded run: rank 0 writes and reports
+        return None
     out = Path(config.output_dir)
     if results.get("macro") is not None:
         score = f"macro {100 * results['macro']:.1f}, micro {100 * results['micro']:.1f} over {results['n']} questions"
     else:
         score = f"no gold answers to score ({results['n']} questions answered)"
     figures = {f"BLINK {config.data.split}": score}
-    figures.update(line.split(": ", 1) for line in describe(results))  # protocol, resolution, data
+    for line in describe(results):  # protocol, resolution, data
+        label, _, text = line.partition(": ")
+        figures[label] = text
     return Outcome(
         title=f"evaluate {config.model}" + (f" with {config.ckpt_path}" if config.ckpt_path else ""),
         outputs={name: str(out / name) for name in ("results.json", "responses.jsonl", "results.md")},
