@@ -163,14 +163,20 @@ def _hub(spec: DataSource) -> Any:
     return _pick_split(obj, spec)
 
 
-def _synthetic(spec: DataSource) -> Any:
+def _uri_options(spec: DataSource, netloc: str, known: set[str], example: str) -> dict[str, str]:
+    """The ``?key=value`` options of a ``scheme://netloc?...`` source, every key checked against ``known``."""
     url = urlparse(spec.source)
-    if url.netloc != "blink":
-        raise DatasetError(f"unknown synthetic source {spec.source!r}; use synthetic://blink?n_per_subtask=N.")
+    if url.netloc != netloc:
+        raise DatasetError(f"unknown source {spec.source!r}; use {example}.")
     query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-    known = {"n_per_subtask", "subtasks", "seed", "image_size"}
     if set(query) - known:
         raise DatasetError(f"unknown option(s) {sorted(set(query) - known)} in {spec.source!r}; known: {sorted(known)}.")
+    return query
+
+
+def _synthetic(spec: DataSource) -> Any:
+    query = _uri_options(spec, "blink", {"n_per_subtask", "subtasks", "seed", "image_size"},
+                         "synthetic://blink?n_per_subtask=N")
     questions = synthetic_blink_questions(
         n_per_subtask=int(query.get("n_per_subtask", 4)),
         seed=int(query.get("seed", 0)),
@@ -182,15 +188,9 @@ def _synthetic(spec: DataSource) -> Any:
 
 
 def _blink_style(spec: DataSource) -> Any:
-    url = urlparse(spec.source)
-    if url.netloc != "real":
-        raise DatasetError(f"unknown BLINK-style source {spec.source!r}; use blinkstyle://real?hpatches=DIR&spair=DIR.")
-    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
     paths = {"hpatches", "spair", "middlebury", "exclude_blink"}
     numbers = {"n_per_subtask", "seed", "max_side"}
-    known = paths | numbers | {"spair_split"}
-    if set(query) - known:
-        raise DatasetError(f"unknown option(s) {sorted(set(query) - known)} in {spec.source!r}; known: {sorted(known)}.")
+    query = _uri_options(spec, "real", paths | numbers | {"spair_split"}, "blinkstyle://real?hpatches=DIR&spair=DIR")
     for name in sorted(paths & set(query)):
         if not Path(query[name]).expanduser().is_dir():
             raise DatasetError(
