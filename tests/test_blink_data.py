@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import ndimage
-
-from vkvtrain.data.blink import BLINK_SUBTASKS, load_blink, parse_answer
-from vkvtrain.data.synthetic_blink import synthetic_blink, synthetic_blink_questions, write_synthetic_blink
-from vkvtrain.errors import DatasetError
 from shared_data import SHARED_DATA
+
+from vkvtrain.data.blink import BLINK_SUBTASKS, check_subtasks, load_blink, parse_answer
+from vkvtrain.data.synthetic_blink import (
+    synthetic_blink,
+    synthetic_blink_questions,
+    write_synthetic_blink,
+)
+from vkvtrain.errors import DatasetError
 
 # (images, choices) per subtask, as in the hub data.
 FORMAT = {
@@ -118,8 +122,10 @@ def test_missing_subtask_split_and_field(tmp_path: Path) -> None:
     write_synthetic_blink(tmp_path, 1, subtasks=["Counting"])
     with pytest.raises(DatasetError, match="Jigsaw.*does not exist"):
         load_blink(["Jigsaw"], root=tmp_path)
+    with pytest.raises(DatasetError, match=r"counting does not exist \(found \['Counting'\]\)"):
+        load_blink(["counting"], root=tmp_path)  # a local folder names its subtasks: the near miss is shown
     with pytest.raises(DatasetError, match="unknown BLINK subtask.*counting"):
-        load_blink(["counting"], root=tmp_path)
+        check_subtasks(["counting"])  # the hub has BLINK's 14 only
     with pytest.raises(DatasetError, match="no 'test' split"):
         load_blink(["Counting"], "test", root=tmp_path)
     with pytest.raises(DatasetError, match="unknown BLINK split"):

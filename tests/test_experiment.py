@@ -20,10 +20,14 @@ def test_experiment_table_compares_every_arm_with_the_base(tmp_path: Path) -> No
     root = tmp_path / "questions"
     write_synthetic_blink(root, 2, seed=1, subtasks=TRAINED, image_size=32, split="train")
     write_synthetic_blink(root, 3, seed=2, subtasks=TRAINED + TRANSFER, image_size=32, split="val")
+    # a question set of the model's own (not a BLINK subtask name): local folders may hold those
+    write_synthetic_blink(tmp_path / "own", 3, seed=3, subtasks=["Counting"], image_size=32, split="val")
+    (tmp_path / "own" / "Counting").rename(root / "colour")
     cfg = ExperimentConfig(
         model="tiny://llava_onevision",
         train=QuestionSet(str(root), "train", TRAINED),
-        evaluate={"trained": QuestionSet(str(root), "val", TRAINED), "transfer": QuestionSet(str(root), "val", TRANSFER)},
+        evaluate={"trained": QuestionSet(str(root), "val", TRAINED), "transfer": QuestionSet(str(root), "val", TRANSFER),
+                  "taught": QuestionSet(str(root), "val", ["colour"])},
         arms=[Arm("prefix", [{"class_path": "vkvtrain.interventions.LearnedPrefix", "init_args": {"num_tokens": 2}}],
                   learning_rate=0.05),
               Arm("blocking", [{"class_path": "vkvtrain.interventions.AttentionBlocking",
@@ -32,7 +36,9 @@ def test_experiment_table_compares_every_arm_with_the_base(tmp_path: Path) -> No
         progress=False,
     )
     table = run_experiment(cfg)
-    assert set(table["sets"]) == {"trained", "transfer"}
+    assert set(table["sets"]) == {"trained", "transfer", "taught"}
+    taught = {(r["subtask"], r["metric"]) for r in table["sets"].pop("taught")["rows"]}
+    assert ("colour", "output_accuracy") in taught and ("colour", "probe_accuracy") not in taught  # keyed by folder
     for name, comparison in table["sets"].items():
         assert [r["label"] for r in comparison["runs"]] == ["base", "prefix", "blocking"]
         rows = {(r["subtask"], r["metric"]): r for r in comparison["rows"]}

@@ -114,14 +114,15 @@ def parse_answer(raw: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def check_subtasks(subtasks: Sequence[str] | None) -> list[str]:
-    """Validate subtask names (None -> all 14)."""
+def check_subtasks(subtasks: Sequence[str] | None, local: bool = False) -> list[str]:
+    """Validate subtask names (None -> all 14). ``local``: a local folder may hold BLINK-format question sets of
+    other names (one sub-folder each, e.g. a model organism's taught questions); only BLINK's own are checked."""
     if subtasks is None:
         return list(BLINK_SUBTASKS)
     if isinstance(subtasks, str):
         subtasks = [subtasks]
     unknown = [s for s in subtasks if s not in BLINK_SUBTASKS]
-    if unknown:
+    if unknown and not local:
         raise DatasetError(
             f"unknown BLINK subtask(s) {unknown}; choose from {list(BLINK_SUBTASKS)} (names are case-sensitive)"
         )
@@ -198,7 +199,7 @@ def load_blink_datasets(
     revision: str | None = None,
 ) -> dict[str, Any]:
     """Load BLINK subtasks as ``{subtask: datasets.Dataset}`` from ``root`` or the hub, fields checked."""
-    names = check_subtasks(subtasks)
+    names = check_subtasks(subtasks, local=root is not None)
     if split not in BLINK_SPLITS:
         raise DatasetError(f"unknown BLINK split {split!r}; choose from {list(BLINK_SPLITS)}")
     out: dict[str, Any] = {}

@@ -63,7 +63,7 @@ class DataConfig:
         if self.split not in BLINK_SPLITS:
             raise RecipeError(f"data.split={self.split!r}; choose one of {list(BLINK_SPLITS)}")
         if self.subtasks is not None:
-            self.subtasks = check_subtasks(self.subtasks)
+            self.subtasks = check_subtasks(self.subtasks, local=self.source == "local" or self.root is not None)
         _positive(self.limit, "data.limit", allow_none=True)
         _positive(self.synthetic_n, "data.synthetic_n")
         if self.synthetic_image_size < 16:
