@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from vkvtrain.cli import main
 from vkvtrain.outcome import Outcome
 from vkvtrain.training_cli import build_cli, summarize
 from vkvtrain.wandb_offline import find_run_file, history
@@ -65,6 +66,4 @@ def demo(steps: int = 8, out: str = "runs/demo") -> Outcome:
 
 
 if __name__ == "__main__":
-    from vkvtrain.cli import main
-
     sys.exit(main(["demo", *sys.argv[1:]]))

@@ -33,6 +33,7 @@ from vkvtrain.evaluation.config import DataConfig, EvalConfig, ProbeConfig, Wand
 from vkvtrain.evaluation.protocol import PromptProtocol
 from vkvtrain.outputs import check_writable_dir
 from vkvtrain.plots import close
+from vkvtrain.plots import pyplot as plt
 from vkvtrain.training_cli import fit
 
 BLINK_COLUMNS = dict(image_columns=["image_1", "image_2", "image_3", "image_4"], question_field="prompt",
@@ -225,8 +226,6 @@ def markdown(table: dict[str, Any]) -> str:
 def plot(table: dict[str, Any], path: Path) -> None:
     """Per question set (rows) and metric (columns): each arm's difference to the base per subtask, with its
     interval as a bar and a line at 0."""
-    import matplotlib.pyplot as plt
-
     sets = list(table["sets"])
     metrics = list(TITLES)
     fig, axes = plt.subplots(len(sets), len(metrics), figsize=(4.2 * len(metrics), 0.5 + 2.6 * len(sets)),

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import datasets
 from PIL import Image, UnidentifiedImageError
 
 from vkvtrain.errors import ImageLoadError
@@ -60,8 +61,6 @@ def decode_image(
 
 def undecoded_image_columns(dataset: Any, columns: list[str]) -> Any:
     """``dataset`` with its ``datasets.Image`` columns among ``columns`` left undecoded, for :func:`decode_image`."""
-    import datasets
-
     for column in columns:
         feature = dataset.features.get(column)
         if isinstance(feature, datasets.Image) and feature.decode:

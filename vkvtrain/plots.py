@@ -1,4 +1,5 @@
-"""The one heatmap drawing shared by the probe reports and the training-time validation logs."""
+"""Figures: the Agg backend chosen once (files and W&B images only, never a window), ``pyplot`` for every module
+that draws, and the one heatmap shared by the probe reports and the training-time validation logs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)  # files and W&B images only; never a window
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
+
+pyplot = plt  # for modules that draw their own figures
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 

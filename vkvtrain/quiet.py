@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from transformers.utils import logging as hf_logging
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -126,8 +128,6 @@ def quiet(verbose: bool = False) -> Iterator[None]:
     if verbose:
         yield
         return
-    from transformers.utils import logging as hf_logging
-
     by_logger: dict[str, list[LogNoise]] = {}
     for entry in NOISE:
         if isinstance(entry, LogNoise):

@@ -19,6 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
+from wandb.proto import wandb_internal_pb2 as pb
+
 BLOCK = 32768
 HEADER = 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -58,8 +61,6 @@ def payloads(path: str | Path) -> Iterator[bytes]:
 
 def records(path: str | Path) -> Iterator[Any]:
     """Yield ``wandb_internal_pb2.Record`` messages."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
     record_type = pb.Record  # type: ignore[attr-defined]  # generated protobuf code carries no type stubs
     for body in payloads(path):
         record = record_type()
@@ -69,8 +70,6 @@ def records(path: str | Path) -> Iterator[Any]:
 
 def is_complete(path: str | Path) -> bool:
     """Whether the run file holds its ``exit`` record (written when the run finished)."""
-    from google.protobuf.message import DecodeError
-
     try:
         return any(record.WhichOneof("record_type") == "exit" for record in records(path))
     except (DecodeError, ValueError):  # read while a block was being written: not complete yet

@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from vkvtrain.data.parquet import check_parquet_files
@@ -143,8 +146,6 @@ def check_fields(columns: Iterable[str], where: str) -> None:
 
 
 def _load_local_subtask(root: Path, subtask: str, split: str) -> Any:
-    import datasets
-
     folder = root / subtask
     if not folder.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -164,9 +165,6 @@ def _load_local_subtask(root: Path, subtask: str, split: str) -> Any:
             f"no {split!r} split under {folder}: expected {split}.parquet or {split}-*.parquet "
             f"(splits found: {others})"
         )
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     # an empty subtask is reported by read_blink (an error naming it, or an opt-in skip)
     check_parquet_files(files, f"BLINK subtask {subtask}, split {split!r}", allow_empty=True)
     # Reading with pyarrow avoids a datasets cache copy; the features (Image columns) come back from the
@@ -176,8 +174,6 @@ def _load_local_subtask(root: Path, subtask: str, split: str) -> Any:
 
 
 def _load_hub_subtask(hub_id: str, subtask: str, split: str, revision: str | None) -> Any:
-    import datasets
-
     try:
         return datasets.load_dataset(hub_id, name=subtask, split=split, revision=revision)
     except ValueError as e:  # datasets raises ValueError for an unknown split

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+import datasets
+import pyarrow.parquet as pq
 from PIL import Image
 
 from vkvtrain.data.blink import IMAGE_FIELDS, BlinkQuestion
@@ -18,8 +20,6 @@ ImageFormat = Literal["png", "jpeg"]
 
 def blink_features() -> Any:
     """``datasets.Features`` of the hub schema plus ``explanation`` and ``points`` (JSON string)."""
-    import datasets
-
     return datasets.Features(
         {
             "idx": datasets.Value("string"),
@@ -68,9 +68,6 @@ def write_questions(path: str | Path, questions: Iterable[BlinkQuestion], image_
 
     Memory stays at ``chunk`` questions; nothing is written (and 0 returned) when there are none.
     """
-    import datasets
-    import pyarrow.parquet as pq
-
     path = Path(path)
     writer = None
     n = 0

@@ -33,7 +33,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import datasets
 import numpy as np
+import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from vkvtrain.data.blink import (
@@ -424,8 +426,6 @@ def synthetic_blink(
     split: str = "val",
 ) -> Any:
     """Synthetic BLINK as a ``datasets.DatasetDict`` keyed by subtask name (hub schema + ``points``)."""
-    import datasets
-
     qs = synthetic_blink_questions(n_per_subtask, seed, subtasks, image_size, split)
     out = {}
     for name in check_subtasks(subtasks):
@@ -443,8 +443,6 @@ def write_synthetic_blink(
     split: str = "val",
 ) -> Path:
     """Write ``root/<Subtask>/<split>.parquet`` for each subtask; returns ``root``."""
-    import pyarrow.parquet as pq
-
     root = Path(root)
     for name, ds in synthetic_blink(n_per_subtask, seed, subtasks, image_size, split).items():
         (root / name).mkdir(parents=True, exist_ok=True)

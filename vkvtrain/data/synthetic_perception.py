@@ -14,7 +14,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from vkvtrain.data.perception.schema import (CosegGroup, FewShotEpisode, KeypointPair, SegSample, VideoClip)
+from vkvtrain.data.perception.schema import (
+    CosegGroup,
+    FewShotEpisode,
+    KeypointPair,
+    SegSample,
+    VideoClip,
+)
 
 SHAPES = ("circle", "square", "triangle")  # class ids 1, 2, 3 (0 = background)
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 70, 220), "yellow": (235, 210, 40)}

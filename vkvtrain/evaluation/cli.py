@@ -204,7 +204,7 @@ def evaluate_shard(cfg: EvalConfig, shard: Shard, device: Any) -> dict[str, Any]
         return results
     out = write_outputs(cfg.output_dir, results, records)
     if cfg.wandb.project:
-        import wandb
+        import wandb  # imported only when a W&B run is asked for (it starts a service)
 
         run_ = wandb.init(
             project=cfg.wandb.project, name=cfg.wandb.name, mode=cfg.wandb.mode, dir=cfg.wandb.save_dir,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vkvtrain.evaluation.config import WandbConfig
+from vkvtrain.plots import pyplot as plt
 
 TITLES = {"output_accuracy": "output accuracy", "probe_accuracy": "latent probe accuracy",
           "gap_all": "surfacing gap (probe right, output wrong)"}
@@ -61,11 +62,6 @@ def markdown(comparison: dict[str, Any]) -> str:
 
 def plot(comparison: dict[str, Any], path: Path) -> None:
     """compare.png: per metric, each later run's per-subtask difference to the first with its interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
     metrics = [m for m in TITLES if any(r["metric"] == m for r in comparison["rows"])]
     labels = [r["label"] for r in comparison["runs"]]
     n_rows = max(len([r for r in comparison["rows"] if r["metric"] == m]) for m in metrics)
@@ -114,7 +110,7 @@ def table_rows(comparison: dict[str, Any]) -> tuple[list[Any], list[list[Any]]]:
 
 def log_wandb(comparison: dict[str, Any], cfg: WandbConfig, key: str = "compare") -> None:
     """Log the comparison as one W&B Table (``wandb.mode: offline`` needs no network)."""
-    import wandb
+    import wandb  # imported only when a W&B run is asked for (it starts a service)
 
     columns, rows = table_rows(comparison)
     run = wandb.init(project=cfg.project, name=cfg.name, mode=cfg.mode, dir=cfg.save_dir,

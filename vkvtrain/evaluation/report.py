@@ -175,7 +175,7 @@ def log_wandb(results: dict[str, Any], logger: Any, key: str = "blink") -> None:
 
     ``logger``: a wandb Run, or a Lightning WandbLogger (its ``experiment`` is used).
     """
-    import wandb
+    import wandb  # imported only when a W&B run is asked for (it starts a service)
 
     run = getattr(logger, "experiment", logger)
     rows = [[n, v["n"], v["accuracy"], v["invalid"]] for n, v in results["subtasks"].items()]

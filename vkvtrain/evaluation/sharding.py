@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
 
 T = TypeVar("T")
 
@@ -55,8 +56,6 @@ class Shard:
         """Every process's ``items`` concatenated in rank order (Python objects, via torch.distributed)."""
         if self.fabric is None or self.world_size == 1:
             return list(items)
-        import torch.distributed as dist
-
         parts: list[list[T] | None] = [None] * self.world_size
         dist.all_gather_object(parts, items)
         return [item for part in parts for item in (part or [])]

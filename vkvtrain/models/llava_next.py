@@ -21,7 +21,12 @@ from transformers import (
 )
 
 from vkvtrain.models.anyres import AnyresAdapter
-from vkvtrain.models.tiny_parts import VISION_SHAPES, build_tokenizer, lm_config_kwargs, token_id
+from vkvtrain.models.tiny_parts import (
+    VISION_SHAPES,
+    build_tokenizer,
+    lm_config_kwargs,
+    token_id,
+)
 
 #: Llama-3 chat format as llama3-llava-next-8b-hf publishes it (images of a turn before its text).
 CHAT_TEMPLATE = (

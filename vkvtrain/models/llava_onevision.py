@@ -23,7 +23,12 @@ from transformers import (
 
 from vkvtrain.models.anyres import AnyresAdapter
 from vkvtrain.models.processors import ImageOnlyLlavaOnevisionProcessor
-from vkvtrain.models.tiny_parts import VISION_SHAPES, build_tokenizer, lm_config_kwargs, token_id
+from vkvtrain.models.tiny_parts import (
+    VISION_SHAPES,
+    build_tokenizer,
+    lm_config_kwargs,
+    token_id,
+)
 
 #: ChatML as LLaVA-OneVision publishes it: every image of a turn is rendered before its text, so a prefix
 #: before the image has to be placed by vkvtrain (see vkvtrain/prompts.py).

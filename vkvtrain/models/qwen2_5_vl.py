@@ -22,7 +22,13 @@ from transformers.image_utils import SizeDict
 from transformers.vision_utils import get_vision_window_index
 
 from vkvtrain.errors import PromptError
-from vkvtrain.models.base import FamilyAdapter, HookHandle, hf_config, submodule, unwrap_model
+from vkvtrain.models.base import (
+    FamilyAdapter,
+    HookHandle,
+    hf_config,
+    submodule,
+    unwrap_model,
+)
 from vkvtrain.models.processors import ImageOnlyQwen2_5_VLProcessor
 from vkvtrain.models.tiny_parts import (
     LM_SHAPES,

@@ -5,9 +5,16 @@ docstring and in ``eval/PROBES.md``.
 """
 
 from vkvtrain.probes.agnosticism import KeyInputAgnosticism
-from vkvtrain.probes.correspondence import KeypointCorrespondence, TemporalCorrespondence
+from vkvtrain.probes.correspondence import (
+    KeypointCorrespondence,
+    TemporalCorrespondence,
+)
 from vkvtrain.probes.functional import input_agnosticism
-from vkvtrain.probes.segmentation import CoSegmentation, FewShotSegmentation, TextGroundedSegmentation
+from vkvtrain.probes.segmentation import (
+    CoSegmentation,
+    FewShotSegmentation,
+    TextGroundedSegmentation,
+)
 
 __all__ = [
     "CoSegmentation",

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from vkvtrain.plots import pyplot as plt
+
 
 class LayerwiseMetric(Metric):
     """A torchmetrics ``Metric`` whose ``compute()`` returns a dict of ``(num_layers, ...)`` tensors.
@@ -63,12 +65,6 @@ class LayerwiseMetric(Metric):
 
     def plot(self, val: Any = None, ax: Any = None) -> tuple[Any, Any]:
         """Per-row curve of every result in ``plot_keys``; returns ``(figure, axes)``."""
-        # matplotlib is imported only when a plot is drawn (it is slow to import and not needed otherwise)
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
         val = val if val is not None else self.compute()
         fig, ax = (plt.subplots(figsize=(6, 3.5)) if ax is None else (ax.get_figure(), ax))
         xs = list(range(self.num_layers))

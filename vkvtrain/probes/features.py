@@ -10,7 +10,7 @@ encoder loaded separately, :class:`~vkvtrain.probes.encoder.VisionEncoder`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence, cast
+from typing import Sequence, cast
 
 import torch
 from PIL import Image
@@ -19,11 +19,9 @@ from transformers import PreTrainedModel
 
 from vkvtrain.errors import CaptureError
 from vkvtrain.layers import resolve_layers
+from vkvtrain.mlm import MLM
+from vkvtrain.probes.encoder import VisionEncoder
 from vkvtrain.prompts import Prompt
-
-if TYPE_CHECKING:
-    from vkvtrain.mlm import MLM
-    from vkvtrain.probes.encoder import VisionEncoder
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 from vkvtrain.plots import close, heatmap_figure
 from vkvtrain.probes.config import ModelSpec
@@ -63,8 +64,6 @@ def input_embeds_correlation(per_model: Mapping[str, Results], scores: Mapping[s
     task with fewer finite values gets a ``note`` instead of coefficients.
     """
     # scipy is imported only here: the correlation is the one place the reports need it
-    from scipy import stats
-
     models = [m for m in per_model if m in scores]
     out: dict[str, Any] = {"row": row, "models": models, "scores": {m: scores[m].as_dict() for m in models}}
     unscored = [m for m in per_model if m not in scores]

@@ -16,14 +16,27 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vkvtrain.data.perception.schema import (CosegGroup, FewShotEpisode, KeypointPair, PerceptionDataset, SegSample,
-                                             VideoClip)
+from vkvtrain.data.perception.schema import (
+    CosegGroup,
+    FewShotEpisode,
+    KeypointPair,
+    PerceptionDataset,
+    SegSample,
+    VideoClip,
+)
 from vkvtrain.errors import RecipeError
 from vkvtrain.probes.agnosticism import KeyInputAgnosticism
-from vkvtrain.probes.correspondence import KeypointCorrespondence, TemporalCorrespondence
+from vkvtrain.probes.correspondence import (
+    KeypointCorrespondence,
+    TemporalCorrespondence,
+)
 from vkvtrain.probes.features import IMAGE_ONLY_ROWS, FeatureExtractor, ImageFeatures
 from vkvtrain.probes.protocol import ProbeProtocol
-from vkvtrain.probes.segmentation import CoSegmentation, FewShotSegmentation, TextGroundedSegmentation
+from vkvtrain.probes.segmentation import (
+    CoSegmentation,
+    FewShotSegmentation,
+    TextGroundedSegmentation,
+)
 
 #: ``{metric: {row: value}}`` of one task on one model
 Table = dict[str, dict[str, float]]

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from vkvtrain.data.perception import LOADERS
 from vkvtrain.errors import RecipeError
+from vkvtrain.mlm import MLM
 from vkvtrain.probes.config import ProbeConfig
+from vkvtrain.probes.encoder import VisionEncoder
 from vkvtrain.probes.features import FeatureExtractor
 from vkvtrain.probes.key_images import default_key_image_size
 from vkvtrain.probes.runners import Table, TaskContext
 from vkvtrain.probes.tasks import REGISTRY
-
-if TYPE_CHECKING:
-    from vkvtrain.mlm import MLM
-    from vkvtrain.probes.encoder import VisionEncoder
 
 Results = dict[str, Table]
 

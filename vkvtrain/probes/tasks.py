@@ -11,14 +11,27 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from vkvtrain.data.perception.schema import PerceptionDataset
-from vkvtrain.data.synthetic_perception import (SyntheticClips, SyntheticCoseg, SyntheticFewShot,
-                                                SyntheticKeypointPairs, SyntheticReferring, SyntheticSemantic)
+from vkvtrain.data.synthetic_perception import (
+    SyntheticClips,
+    SyntheticCoseg,
+    SyntheticFewShot,
+    SyntheticKeypointPairs,
+    SyntheticReferring,
+    SyntheticSemantic,
+)
 from vkvtrain.probes import runners
 from vkvtrain.probes.agnosticism import KeyInputAgnosticism
 from vkvtrain.probes.base import LayerwiseMetric
-from vkvtrain.probes.correspondence import KeypointCorrespondence, TemporalCorrespondence
-from vkvtrain.probes.runners import TaskContext, Table
-from vkvtrain.probes.segmentation import CoSegmentation, FewShotSegmentation, TextGroundedSegmentation
+from vkvtrain.probes.correspondence import (
+    KeypointCorrespondence,
+    TemporalCorrespondence,
+)
+from vkvtrain.probes.runners import Table, TaskContext
+from vkvtrain.probes.segmentation import (
+    CoSegmentation,
+    FewShotSegmentation,
+    TextGroundedSegmentation,
+)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,13 @@ from PIL import Image
 
 from vkvtrain.data.blink import BlinkQuestion, Point
 from vkvtrain.data.blink_questions import VISUAL_CORRESPONDENCE
-from vkvtrain.data.blink_style.common import correspondence_question, item_rng, resized, separated, textured_points
+from vkvtrain.data.blink_style.common import (
+    correspondence_question,
+    item_rng,
+    resized,
+    separated,
+    textured_points,
+)
 from vkvtrain.data.blink_style.leakage import ImageHashIndex
 from vkvtrain.errors import DatasetError
 from vkvtrain.images import load_image

@@ -16,7 +16,12 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
-from vkvtrain.data.blink import BLINK_SPLITS, BLINK_SUBTASKS, IMAGE_FIELDS
+from vkvtrain.data.blink import (
+    BLINK_SPLITS,
+    BLINK_SUBTASKS,
+    IMAGE_FIELDS,
+    load_blink_datasets,
+)
 from vkvtrain.errors import DatasetError
 from vkvtrain.images import decode_image
 
@@ -57,8 +62,6 @@ class ImageHashIndex:
     def from_blink(cls, root: str | Path, max_distance: int = 10) -> ImageHashIndex:
         """Every image of a local BLINK copy (``root/<Subtask>/<split>[-*].parquet`` or save_to_disk
         folders, both splits, every subtask present)."""
-        from vkvtrain.data.blink import load_blink_datasets
-
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"BLINK copy {root} for the leakage check is not a directory; give the folder "

@@ -24,7 +24,11 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from vkvtrain.data.blink import LETTERS, BlinkQuestion
-from vkvtrain.data.blink_questions import RELATIVE_DEPTH, RELATIVE_DEPTH_CHOICES, blink_prompt
+from vkvtrain.data.blink_questions import (
+    RELATIVE_DEPTH,
+    RELATIVE_DEPTH_CHOICES,
+    blink_prompt,
+)
 from vkvtrain.data.blink_style.common import item_rng, resized
 from vkvtrain.data.blink_style.leakage import ImageHashIndex
 from vkvtrain.data.markers import draw_markers

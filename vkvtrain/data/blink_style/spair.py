@@ -17,7 +17,12 @@ import numpy as np
 
 from vkvtrain.data.blink import BlinkQuestion, Point
 from vkvtrain.data.blink_questions import SEMANTIC_CORRESPONDENCE
-from vkvtrain.data.blink_style.common import correspondence_question, item_rng, resized, separated
+from vkvtrain.data.blink_style.common import (
+    correspondence_question,
+    item_rng,
+    resized,
+    separated,
+)
 from vkvtrain.data.blink_style.leakage import ImageHashIndex
 from vkvtrain.data.perception.spair import SPair71k
 from vkvtrain.errors import DatasetError

@@ -9,8 +9,14 @@ from vkvtrain.data.perception.imagenet_s import ImageNetS
 from vkvtrain.data.perception.msrc import MSRCCoseg
 from vkvtrain.data.perception.pascal5i import Pascal5i
 from vkvtrain.data.perception.refcoco import RefCOCO
-from vkvtrain.data.perception.schema import (CosegGroup, FewShotEpisode, KeypointPair, PerceptionDataset, SegSample,
-                                             VideoClip)
+from vkvtrain.data.perception.schema import (
+                                             CosegGroup,
+                                             FewShotEpisode,
+                                             KeypointPair,
+                                             PerceptionDataset,
+                                             SegSample,
+                                             VideoClip,
+)
 from vkvtrain.data.perception.spair import SPair71k
 
 LOADERS = {

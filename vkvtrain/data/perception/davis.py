@@ -6,7 +6,12 @@ from pathlib import Path
 
 import torch
 
-from vkvtrain.data.perception.schema import VideoClip, load_label_png, require_dir, require_file
+from vkvtrain.data.perception.schema import (
+    VideoClip,
+    load_label_png,
+    require_dir,
+    require_file,
+)
 from vkvtrain.errors import DatasetError
 from vkvtrain.images import load_image
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from vkvtrain.data.perception.schema import (FewShotEpisode, SegSample, load_label_png, require_dir,
-                                             require_file)
+from vkvtrain.data.perception.schema import (
+    FewShotEpisode,
+    SegSample,
+    load_label_png,
+    require_dir,
+    require_file,
+)
 from vkvtrain.errors import DatasetError
 from vkvtrain.images import load_image
 

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
+import numpy as np
 import torch
 from PIL import Image
 
 from vkvtrain.errors import DatasetError
+
 
 @dataclass
 class SegSample:
@@ -124,8 +126,6 @@ def require_file(path: Path, dataset: str, layout: str) -> Path:
 
 def load_label_png(path: Path, dataset: str) -> torch.Tensor:
     """A palette/grey label PNG -> ``(H, W)`` long tensor of its indices."""
-    import numpy as np
-
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "1", "I", "I;16"):
