@@ -8,7 +8,9 @@ For each recipe in recipes/ (not recipes/tiny):
 2. memory plan, per size (`vkvtrain.memory_plan`): weights + trainable state + activations at the recipe's batch,
    for the recipe's training prompts (synthetic BLINK at the recipe's image size, encoded by that checkpoint's
    processor: median and longest prompt) and for its max_length, with and without gradient checkpointing;
-3. CPU run at the LLaVA-OneVision-0.5B shape (tiny://llava_onevision@0.5b, 894M parameters, float32), each recipe
+3. validation cost per size: the probe-image forwards one validation runs with the recipe's probe settings, and
+   their FLOPs (2 x (LM decoder parameters x prompt tokens + vision parameters x patches encoded));
+4. CPU run at the LLaVA-OneVision-0.5B shape (tiny://llava_onevision@0.5b, 894M parameters, float32), each recipe
    in its own process: the recipe as written with only the model (+ float32 and CPU trainer settings), the data
    sources (small synthetic BLINK sets), the step counts (2 steps, 1 validation batch) and the probe-item count
    overridden; prints seconds per step, validation and probe-suite seconds, peak RSS, and the plan for that run.
@@ -36,6 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from vkvtrain.data.training import DataSource, ExampleDataset  # noqa: E402
 from vkvtrain.memory_plan import (  # noqa: E402
@@ -58,6 +61,8 @@ CARD = 80 * 10**9  # an 80 GB card (A100/H100 80GB), in bytes as vendors count t
 #: 4 same-size images per batch also feed the key-artifact loss; validation on Art_Style, as the recipes' val set
 TRAIN_SOURCE = "synthetic://blink?n_per_subtask=2&subtasks=Counting,Spatial_Relation,Relative_Depth,IQ_Test&image_size={size}"
 VAL_SOURCE = "synthetic://blink?n_per_subtask=4&subtasks=Art_Style&image_size={size}"
+#: key_agnosticism needs >= 2 images; the other tasks run ``--probe-items`` items each
+SMOKE_PROBE_DATA = {"key_agnosticism": {"n": 2}}
 
 
 def gib(n: float) -> str:
@@ -134,6 +139,75 @@ def plan_rows(recipe: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# --------------------------------------------------------------------------- validation cost
+#: an assumed sustained bf16 throughput of one 80 GB GPU, to turn FLOPs into seconds (an assumption, not measured)
+GPU_FLOPS = 200e12
+
+
+def probe_images(tasks: list[str], items: int, data: dict[str, dict[str, Any]]) -> int:
+    """Single-image forwards the probe suite runs in one validation with these probe settings
+    (``model.probe_tasks``, ``model.probe_items``, ``model.probe_data``)."""
+    from vkvtrain.probes.config import DataSpec, ProbeConfig
+    from vkvtrain.probes.suite import make_dataset
+
+    config = ProbeConfig(tasks=tasks, layers=[0], sources=["layers"], image_size=32,
+                         data={t: DataSpec(**{"n": items, **data.get(t, {})}) for t in tasks})
+    count = 0
+    for task in tasks:
+        dataset: Any = make_dataset(task, config)
+        if task == "fewshot":
+            count += sum(len(episode.support) + 1 for episode in dataset)
+        elif task == "coseg":
+            count += sum(len(group.samples) for group in dataset)
+        elif task == "keypoints":
+            count += 2 * len(dataset)
+        elif task == "temporal":
+            count += sum(len(clip.frames) for clip in dataset)
+        elif task == "key_agnosticism":
+            count += min(len(dataset), config.probe.key_images)
+        else:
+            count += len(dataset)
+    return count
+
+
+def image_forward_flops(check: MetaCheck, image_size: int) -> float:
+    """FLOPs of one probe forward (one synthetic image of ``image_size`` px, a short question)."""
+    from PIL import Image
+
+    from vkvtrain.models.anyres import AnyresAdapter
+
+    mlm = check.module.mlm
+    batch = mlm.encode([Prompt(images=[Image.new("RGB", (image_size, image_size))], text="What is in the image?")])
+    vision = sum(p.numel() for name in mlm.adapter.vision_modules for p in mlm.model.get_submodule(name).parameters())
+    decoder = sum(p.numel() for p in mlm.decoder_layers().parameters())
+    config = mlm.model.config
+    if isinstance(mlm.adapter, AnyresAdapter):
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        patches = sum(mlm.adapter.crops_per_image(mlm.model, batch.inputs)) * side * side
+    else:  # Qwen2.5-VL: the ViT encodes every 14 px patch (image_grid_thw), the LM sees them merged 2 x 2
+        patches = int(batch.inputs["image_grid_thw"].prod(-1).sum())
+    return 2.0 * (decoder * batch.input_ids.shape[1] + vision * patches)
+
+
+def validation_cost(recipe: Path, cpu_seconds_per_image: float | None) -> list[str]:
+    """One line per size: probe images per validation, their FLOPs, the CPU time measured at 0.5B scaled by
+    FLOPs, and the time at GPU_FLOPS."""
+    lines = []
+    image_size = int(recipe_section(recipe, "model").get("probe_image_size", 64))
+    cpu_flops = image_forward_flops(check_on_meta(recipe, CPU_SHAPE), image_size)
+    for hub_id in recipe_sizes(recipe):
+        check = check_on_meta(recipe, hub_id)
+        suite = check.module.validation_probes
+        images = probe_images(suite.probe_tasks, suite.probe_items, suite.probe_data)
+        flops = image_forward_flops(check, image_size)
+        cpu = f"{images * cpu_seconds_per_image * flops / cpu_flops / 60:.0f} min on this CPU (scaled by FLOPs)" \
+            if cpu_seconds_per_image else "no CPU measurement"
+        lines.append(f"{recipe.name} @ {hub_id}: {images} probe-image forwards x {flops / 1e12:.1f} TFLOP = "
+                     f"{images * flops / 1e15:.2f} PFLOP per validation; {cpu}; ~{images * flops / GPU_FLOPS:.0f} s "
+                     f"at an assumed {GPU_FLOPS / 1e12:.0f} TFLOP/s")
+    return lines
+
+
 # --------------------------------------------------------------------------- the CPU run (child process)
 def rss_kib(field: str = "VmHWM") -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -148,10 +222,13 @@ def reset_peak() -> None:
 
 
 class PhaseTimer(Callback):
-    """Wall time of every training step, of the validation and of its probe suite, and the peak RSS of the
-    training steps and of the validation."""
+    """Wall time of every training step, of the validation and of its probe suite; the peak RSS of the training
+    steps and of the validation; and each training step's peak of torch allocations (torch's profiler), the
+    number the memory plan predicts (RSS adds the CPU allocator's retained memory and the mapped weights)."""
 
     def __init__(self) -> None:
+        self.step_peaks: list[int] = []
+        self.profiler: Any = None
         self.steps: list[float] = []
         self.step_tokens: list[list[int]] = []
         self.val_tokens: list[list[int]] = []
@@ -164,10 +241,19 @@ class PhaseTimer(Callback):
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.step_tokens.append(list(batch.inputs["input_ids"].shape))
+        self.profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self.profiler.start()
         self.marks["step"] = time.perf_counter()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.steps.append(time.perf_counter() - self.marks["step"])
+        self.profiler.stop()
+        live = peak = 0
+        for event in sorted(self.profiler.events(), key=lambda e: e.time_range.start):
+            live += event.self_cpu_memory_usage
+            peak = max(peak, live)
+        self.step_peaks.append(peak)
+        self.profiler = None
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self.peaks["train_hwm_kib"] = rss_kib()
@@ -198,7 +284,7 @@ def child(recipe: Path, out: Path, threads: int, probe_items: int, model: str) -
     work = Path(tempfile.mkdtemp(prefix="smoke-real-"))
     overrides = [
         f"--model.model={model}", "--model.dtype=float32",
-        f"--model.probe_items={probe_items}", '--model.probe_data={"key_agnosticism": {"n": 2}}',
+        f"--model.probe_items={probe_items}", f"--model.probe_data={json.dumps(SMOKE_PROBE_DATA)}",
         f"--data.train.source={TRAIN_SOURCE.format(size=image_size)}",
         f"--data.val.source={VAL_SOURCE.format(size=image_size)}", "--data.val.subset=null",
         "--data.val.split=val", "--data.num_workers=0",
@@ -216,7 +302,8 @@ def child(recipe: Path, out: Path, threads: int, probe_items: int, model: str) -
         timer = PhaseTimer()
         getattr(cli.trainer, "callbacks").append(timer)  # set at Trainer init, not in its stubs
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        result.update(ok=True, steps=timer.steps, step_tokens=timer.step_tokens, val_tokens=timer.val_tokens,
+        result.update(ok=True, probe_tasks=cli.model.validation_probes.probe_tasks, steps=timer.steps,
+                      step_peak_bytes=timer.step_peaks, step_tokens=timer.step_tokens, val_tokens=timer.val_tokens,
                       val_seconds=timer.marks.get("val_seconds"), probe_seconds=timer.marks.get("probe_seconds"),
                       start_rss_kib=start_rss, **timer.peaks)
     except Exception as error:  # the report says which recipe failed and why; the other recipes still run
@@ -239,14 +326,14 @@ def run_child(recipe: Path, threads: int, probe_items: int, model: str) -> dict[
         return result
 
 
-def cpu_plan(recipe: Path, result: dict[str, Any]) -> float | None:
-    """Plan (GiB) of the CPU run as it ran: float32, its batch and longest prompt, CPU dropout masks."""
+def cpu_plan(recipe: Path, result: dict[str, Any]) -> MemoryPlan | None:
+    """The plan of the CPU run as it ran: float32, its batch and longest prompt, CPU dropout masks."""
     if not result.get("ok"):
         return None
     check = check_on_meta(recipe, CPU_SHAPE)
     batch, seq = max(result["step_tokens"], key=lambda shape: shape[1])
     gc = bool(recipe_section(recipe, "model").get("gradient_checkpointing", False))
-    return plan_for(check, batch, seq, gc, dtype="float32", mask_bytes=4).total / GiB
+    return plan_for(check, batch, seq, gc, dtype="float32", mask_bytes=4)
 
 
 # --------------------------------------------------------------------------- report
@@ -286,25 +373,43 @@ def main() -> None:
     print(f"\n== CPU run at {args.model} (float32), one process per recipe", flush=True)
     for recipe in recipes:
         result = run_child(recipe, args.threads, args.probe_items, args.model)
-        result["plan_gib"] = cpu_plan(recipe, result) if args.model == CPU_MODEL else None
+        plan = cpu_plan(recipe, result) if args.model == CPU_MODEL else None
+        result["plan_total"] = plan.total if plan else 0
+        result["plan_above_weights"] = plan.total - plan.weights if plan else 0
         runs.append(result)
         if result.get("ok"):
             print(f"  {recipe.name}: steps {', '.join(f'{s:.0f}' for s in result['steps'])} s "
                   f"(batches {result['step_tokens']}), validation {result['val_seconds']:.0f} s of which probe suite "
                   f"{result['probe_seconds']:.0f} s; peak RSS train {result['train_hwm_kib'] / 2**20:.1f} GiB, "
                   f"validation {result['val_hwm_kib'] / 2**20:.1f} GiB (process start "
-                  f"{result['start_rss_kib'] / 2**20:.1f}); plan {result['plan_gib'] or 0:.1f} GiB", flush=True)
+                  f"{result['start_rss_kib'] / 2**20:.1f}); torch peak per step "
+                  f"{', '.join(gib(b) for b in result['step_peak_bytes'])} GiB vs plan above the weights "
+                  f"{gib(result['plan_above_weights'])} GiB (plan total {gib(result['plan_total'])} GiB)", flush=True)
         else:
             print(f"  {recipe.name}: FAILED: {result['error']}", flush=True)
-    print("\n| recipe | s/step (2 steps) | validation s (probe suite s) | peak RSS GiB train / val | plan GiB |")
-    print("|---|---|---|---|---|")
+    print("\n== validation cost (probe suite) per size")
+    smoke_images = None
+    for recipe, result in zip(recipes, runs):
+        if result.get("ok") and smoke_images is None:
+            smoke_images = probe_images(result["probe_tasks"], args.probe_items, SMOKE_PROBE_DATA)
+        per_image = (result["probe_seconds"] / smoke_images if result.get("ok") and smoke_images
+                     and args.model == CPU_MODEL else None)
+        if per_image:
+            print(f"  {recipe.name}: measured {per_image:.1f} s per probe image at the 0.5B shape "
+                  f"({result['probe_seconds']:.0f} s for {smoke_images} images)")
+        for line in validation_cost(recipe, per_image):
+            print("  " + line)
+    print("\n| recipe | s/step (2 steps) | validation s (probe suite s) | peak RSS GiB train / val | torch peak "
+          "GiB per step / plan above weights | plan total GiB |")
+    print("|---|---|---|---|---|---|")
     for r in runs:
         if r.get("ok"):
             print(f"| {r['recipe']} | {statistics.mean(r['steps']):.0f} ({', '.join(f'{s:.0f}' for s in r['steps'])}) "
                   f"| {r['val_seconds']:.0f} ({r['probe_seconds']:.0f}) | {r['train_hwm_kib'] / 2**20:.1f} / "
-                  f"{r['val_hwm_kib'] / 2**20:.1f} | {r['plan_gib'] or 0:.1f} |")
+                  f"{r['val_hwm_kib'] / 2**20:.1f} | {' , '.join(gib(b) for b in r['step_peak_bytes'])} / "
+                  f"{gib(r['plan_above_weights'])} | {gib(r['plan_total'])} |")
         else:
-            print(f"| {r['recipe']} | failed: {r['error']} | | | |")
+            print(f"| {r['recipe']} | failed: {r['error']} | | | | |")
 
 
 if __name__ == "__main__":

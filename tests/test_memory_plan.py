@@ -76,9 +76,9 @@ def _lm(family: str, dtype: torch.dtype, checkpointing: bool, mode: str):  # typ
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     interventions: list = []
-    if mode == "prefix" or checkpointing:  # what VKVModule does: the input embeddings need grad
+    model.disable_input_require_grads()  # as VKVModule: non-reentrant checkpoints need no input grads
+    if mode == "prefix":  # the prefix vectors make the input embeddings require grad
         model.enable_input_require_grads()
-    if mode == "prefix":
         interventions = [LearnedPrefix(num_tokens=4)]
     else:  # LoRA with dropout on the last two layers, as the recipes
         interventions = [LateLoRA(layers=[-2, -1], rank=16, dropout=0.05)]

@@ -20,10 +20,11 @@ activations (`layer_activation_bytes`), per LM decoder layer autograd records, w
     LoRA adds per adapted projection of input width d_in and rank r: B L (4 d_in + 4r) (peft runs adapters
     in float32: the float32 input of lora_A, after dropout, and the rank-r middle), and with dropout its mask
     (1 byte per value from CUDA's fused dropout; CPU's dropout keeps a float32 mask: ``mask_bytes``).
-    Without gradient checkpointing, the layers from the first one with a trainable tensor upstream keep A each
-    (a prefix: every layer; LoRA alone: from its first adapted layer), the final norm keeps B L 4H, and the
-    backward's working set adds K_SAVED x A. With gradient checkpointing every layer keeps only its input,
-    B L H b (+ the final norm's B L 4H), and one layer is recomputed at a time: (1 + K_RECOMPUTE) x A on top.
+    Autograd records the layers from the first one with a trainable tensor upstream (a prefix: every layer;
+    LoRA alone: from its first adapted layer). Without gradient checkpointing each keeps A, the final norm
+    keeps B L 4H, and the backward's working set adds K_SAVED x A. With (non-reentrant) gradient
+    checkpointing each keeps only its input, B L H b (+ the final norm's B L 4H), and one layer is recomputed
+    at a time: (1 + K_RECOMPUTE) x A on top.
 extras: the input embeddings (``embedding_copies`` x B L H b: lookup, image scatter, prefix scatter), the
     answer-window logits (B K V (b + 4 + 4): output, float32 copy, its gradient), the boolean mask (B L^2), the
     keys a loss reads with gradients (B L n_kv d b per such layer, an upper bound: only image positions are kept).
@@ -173,11 +174,11 @@ def plan_training(shape: LMShape, weights: int, training: TrainingShape, mask_by
     per_layer = [layer_activation_bytes(shape, t.batch, t.seq_len, b, lora_bytes_per_token(
         lora_by_layer.get(i, []), t.lora_rank, t.lora_dropout, mask_bytes)) for i in range(shape.layers)]
     final_norm = tokens * shape.hidden * 4
-    if t.gradient_checkpointing:
-        saved = shape.layers * tokens * shape.hidden * b + final_norm
-        working = int((1 + K_RECOMPUTE) * max(per_layer))
-    elif t.first_recorded_layer is None:
+    if t.first_recorded_layer is None:
         saved, working = 0, 0
+    elif t.gradient_checkpointing:
+        saved = (shape.layers - t.first_recorded_layer) * tokens * shape.hidden * b + final_norm
+        working = int((1 + K_RECOMPUTE) * max(per_layer[t.first_recorded_layer:]))
     else:
         recorded = per_layer[t.first_recorded_layer:]
         saved = sum(recorded) + final_norm

@@ -137,7 +137,10 @@ class VKVModule(L.LightningModule):
         mlm.model.requires_grad_(False)
         if self.gradient_checkpointing:
             mlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            mlm.model.enable_input_require_grads()
+            # transformers also makes every sub-model's input embeddings require grad, the vision tower's patch
+            # embedding included: a graph (checkpoints, recompute, backward) through the frozen tower. Non-reentrant
+            # checkpoints need no input that requires grad (LoRA-only runs still get their gradients): drop it.
+            mlm.model.disable_input_require_grads()
         attach_interventions(mlm, self.intervention_list)
         self._mlm = mlm
         self.hf_model = mlm.model  # registered so Lightning moves it; its frozen weights are not checkpointed
