@@ -83,8 +83,8 @@ def test_gradient_checkpointing_trains_the_same_parameters_to_the_same_values(tm
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "llava_next"])
 def test_checkpointed_training_builds_no_graph_through_the_frozen_vision_tower(family, make_image) -> None:
-    module = VKVModule(model=f"tiny://{family}", interventions=[LearnedPrefix(num_tokens=2)],
-                       gradient_checkpointing=True)
+    module = VKVModule(model=f"tiny://{family}", gradient_checkpointing=True,
+                       interventions=[LearnedPrefix(num_tokens=2), LateLoRA(layers=[-1], rank=2)])
     module.configure_model()
     mlm = module.mlm
     mlm.model.train()

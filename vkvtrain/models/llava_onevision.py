@@ -107,7 +107,7 @@ def text_config(size: str, tok: PreTrainedTokenizerFast) -> Qwen2Config:
 
 
 def build_processor(image_processor: LlavaOnevisionImageProcessorPil, tok: PreTrainedTokenizerFast,
-              base_tokens: int) -> ImageOnlyLlavaOnevisionProcessor:
+                    base_tokens: int) -> ImageOnlyLlavaOnevisionProcessor:
     """The family's processor: ``base_tokens`` = (image_size / patch_size)^2 tokens per crop."""
     return ImageOnlyLlavaOnevisionProcessor(
         image_processor=image_processor, tokenizer=tok, num_image_tokens=base_tokens,
