@@ -36,3 +36,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# Every real recipe at real shapes: meta checks, memory plans and a 2-step CPU run at the 0.5B shape (not in CI;
+# takes an hour or more on 2 cores).
+.PHONY: smoke-real
+smoke-real: install
+	$(BIN)/python benchmarks/smoke_real.py

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from helpers_train import InfGradAt, NaNAfter, blink_source
-from vkvtrain import load_mlm
+from vkvtrain import Prompt, load_mlm
 from vkvtrain.checkpointing import restore_into
 from vkvtrain.data.training import DataSource, load_rows
 from vkvtrain.datamodule import VKVDataModule
@@ -51,16 +51,19 @@ def test_prefix_fit_lowers_val_loss_and_changes_only_prefix(tmp_path) -> None:
     assert module.mlm.model.training  # put in train mode when fitting
 
 
-def test_gradient_checkpointing_trains_the_same_parameters_to_the_same_values(tmp_path) -> None:
+@pytest.mark.parametrize("with_prefix", [True, False])
+def test_gradient_checkpointing_trains_the_same_parameters_to_the_same_values(tmp_path, with_prefix) -> None:
     """The real recipes turn gradient checkpointing on: prefix, LoRA and the key loss must still get exactly
-    their gradients (a frozen-input reentrant checkpoint would silently drop the LoRA ones)."""
+    their gradients (a frozen-input reentrant checkpoint would silently drop the LoRA ones), also without a
+    prefix, when no input of the checkpointed layers requires grad."""
     from vkvtrain.interventions import KeyArtifactSuppression
 
     trained = []
     for checkpointing in (False, True):
         L.seed_everything(0)
+        prefix = [LearnedPrefix(num_tokens=2)] if with_prefix else []
         module = VKVModule(
-            interventions=[LearnedPrefix(num_tokens=2), LateLoRA(layers=[-2, -1], rank=2, projections=["k", "v"]),
+            interventions=[*prefix, LateLoRA(layers=[-2, -1], rank=2, projections=["k", "v"]),
                            KeyArtifactSuppression(layers=[-1], weight=1.0)],
             learning_rate=0.05, gradient_checkpointing=checkpointing,
         )
@@ -71,10 +74,30 @@ def test_gradient_checkpointing_trains_the_same_parameters_to_the_same_values(tm
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
     L.seed_everything(0)
-    untrained = VKVModule(interventions=[LearnedPrefix(num_tokens=2), LateLoRA(layers=[-2, -1], rank=2, projections=["k", "v"])])
+    untrained = VKVModule(interventions=[*([LearnedPrefix(num_tokens=2)] if with_prefix else []),
+                                         LateLoRA(layers=[-2, -1], rank=2, projections=["k", "v"])])
     untrained.configure_model()
     moved = [n for n, v in untrained.state_dict().items() if not torch.equal(v, plain[n])]
-    assert any("lora_B" in n for n in moved) and any("vectors" in n for n in moved)
+    assert any("lora_B" in n for n in moved) and (any("vectors" in n for n in moved) or not with_prefix)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "llava_next"])
+def test_checkpointed_training_builds_no_graph_through_the_frozen_vision_tower(family, make_image) -> None:
+    module = VKVModule(model=f"tiny://{family}", gradient_checkpointing=True,
+                       interventions=[LearnedPrefix(num_tokens=2), LateLoRA(layers=[-1], rank=2)])
+    module.configure_model()
+    mlm = module.mlm
+    mlm.model.train()
+    seen: list[bool] = []
+    vision = mlm.model.get_submodule(mlm.adapter.vision_modules[0])
+    handle = vision.register_forward_hook(lambda _m, _i, out: seen.append(out[0].requires_grad))
+    batch = mlm.encode([Prompt([make_image(32, 32, 1)], "Q?", prefix=module.intervention_list[0].prompt_prefix(),
+                               answer="yes")])
+    loss = mlm.model(**batch.inputs).loss
+    handle.remove()
+    loss.backward()
+    assert seen == [False]  # the tower ran without a graph ...
+    assert module.intervention_list[0].vectors.grad.abs().sum() > 0  # ... and the prefix still trains
 
 
 def test_checkpoint_is_small_and_restores_into_fresh_mlm(tmp_path) -> None:

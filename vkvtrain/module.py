@@ -135,10 +135,16 @@ class VKVModule(L.LightningModule):
             device_map={"": device} if self.quantization and device.type == "cuda" else None,
         )
         mlm.model.requires_grad_(False)
+        # transformers' checkpointing, and peft's LoRA on a checkpointed model, each make every sub-model's input
+        # embeddings require grad (each call forgets the previous call's hooks, hence two removals), the vision
+        # tower's patch embedding included: a graph (checkpoints, recompute, backward) through the frozen tower.
+        # Non-reentrant checkpoints need no input that requires grad (LoRA-only runs still get their gradients).
         if self.gradient_checkpointing:
             mlm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            mlm.model.enable_input_require_grads()
+            mlm.model.disable_input_require_grads()
         attach_interventions(mlm, self.intervention_list)
+        if self.gradient_checkpointing:
+            mlm.model.disable_input_require_grads()
         self._mlm = mlm
         self.hf_model = mlm.model  # registered so Lightning moves it; its frozen weights are not checkpointed
         self.probe_layers = resolve_layers(self.probe_layer_spec, mlm.num_layers, "model.probe_layers")

@@ -80,6 +80,8 @@ class LearnedPrefix(Intervention):
 
     def _initial_vectors(self, mlm: MLM, embedding: nn.Embedding) -> torch.Tensor:
         weight = embedding.weight.detach()
+        if weight.is_meta:  # a config-only model: the shape resolves, there are no values to start from
+            return torch.empty(self.num_tokens, weight.shape[1], device="meta")
         if self.init_text:
             ids = mlm.tokenizer.encode(self.init_text, add_special_tokens=False)
             if not ids:

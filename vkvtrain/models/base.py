@@ -7,13 +7,16 @@ one line in `registry.py`. Everything else in vkvtrain asks the adapter, never t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
-from vkvtrain.errors import PromptError
+from vkvtrain.errors import PromptError, UnsupportedModelError
+from vkvtrain.models.tiny_parts import SIZES as TINY_SIZES
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +49,31 @@ class HookHandle(Protocol):
     def remove(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class PublishedSize:
+    """The architecture of one published checkpoint, rebuilt with random weights by ``tiny://<family>@<size>``.
+
+    Every value is the checkpoint's own (its config.json / preprocessor_config.json); the adapter file that holds
+    the table says where each one comes from. Only the tokenizer differs: a byte-level stand-in whose special
+    tokens sit at the published ids, with the embedding and LM head still ``vocab_size`` rows wide.
+
+    Attributes:
+        hub_id: the checkpoint whose shapes these are.
+        text: LM config fields (widths, layers, heads, vocabulary size, rotary, norms).
+        vision: vision-tower config fields.
+        model: top-level config fields (image token ids, anyres pinpoints, feature layer, projector, tying).
+        processor: image-processor settings (resolution bounds, pinpoints, normalisation).
+        special_tokens: the family's special tokens and their published ids.
+    """
+
+    hub_id: str
+    text: Mapping[str, Any]
+    vision: Mapping[str, Any]
+    model: Mapping[str, Any] = field(default_factory=dict)
+    processor: Mapping[str, Any] = field(default_factory=dict)
+    special_tokens: Mapping[str, int] = field(default_factory=dict)
+
+
 class FamilyAdapter(ABC):
     """What vkvtrain needs to know about one MLM family.
 
@@ -58,6 +86,8 @@ class FamilyAdapter(ABC):
         turn_end: the text that closes an assistant turn (appended after a training answer).
         lm_layers: dotted path of the LM decoder layers on the (unwrapped) transformers model.
         vision_modules: full module names of the vision tower and projector (never quantized, never given LoRA).
+        published_sizes: the published checkpoints' architectures by size name (e.g. "7b"), each buildable
+            offline as ``tiny://<family>@<size>``; empty for a family that has none.
     """
 
     family: ClassVar[str]
@@ -68,6 +98,7 @@ class FamilyAdapter(ABC):
     turn_end: ClassVar[str]
     lm_layers: ClassVar[str] = "model.language_model.layers"
     vision_modules: ClassVar[tuple[str, ...]]
+    published_sizes: ClassVar[Mapping[str, PublishedSize]] = {}
 
     # --- model layout -------------------------------------------------------------------------
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
@@ -93,11 +124,34 @@ class FamilyAdapter(ABC):
         return int(token_id)
 
     # --- offline checkpoints ------------------------------------------------------------------
+    @classmethod
+    def sizes(cls) -> tuple[str, ...]:
+        """Every size ``tiny://<family>@<size>`` accepts: the small test sizes, then the published ones."""
+        return (*TINY_SIZES, *cls.published_sizes)
+
     @abstractmethod
     def build_tiny(self, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
         """A randomly initialised model of this family at ``size`` ("tiny" or "mid", see
         `vkvtrain.models.tiny_parts`) with a byte-level tokenizer, the family's image processor and its chat
         template. Called under a fixed torch seed by `vkvtrain.models.tiny`."""
+
+    def build_published(self, size: str) -> tuple[PretrainedConfig, ProcessorMixin]:
+        """The config and processor of the published checkpoint ``size`` (a key of ``published_sizes``).
+
+        Only the config: `vkvtrain.models.tiny` decides whether this machine can hold the weights (random
+        init, seeded) or the checkpoint stays config-only and loads on the meta device."""
+        raise UnsupportedModelError(
+            f"{self.family} has no published size {size!r}; sizes: {', '.join(self.sizes())}."
+        )
+
+    def published(self, size: str) -> PublishedSize:
+        """The published architecture ``size``, or an error listing the sizes this family has."""
+        try:
+            return self.published_sizes[size]
+        except KeyError:
+            raise UnsupportedModelError(
+                f"{self.family} has no published size {size!r}; sizes: {', '.join(self.sizes())}."
+            ) from None
 
     @abstractmethod
     def projector(self, model: nn.Module) -> nn.Module:

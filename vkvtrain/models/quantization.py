@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 from transformers import BitsAndBytesConfig
+from transformers.quantizers.quantizers_utils import should_convert_module
 
 from vkvtrain.errors import RecipeError
 
@@ -41,6 +43,10 @@ class Quantization:
         if self.bits not in (4, 8):
             raise RecipeError(f"model.quantization.bits must be 4 or 8, got {self.bits}.")
 
+    def skip_list(self, vision_modules: Sequence[str]) -> list[str]:
+        """The module names left unquantized: ``skip_modules``, or the vision side plus ``lm_head``."""
+        return list(self.skip_modules) if self.skip_modules is not None else [*vision_modules, "lm_head"]
+
     def to_bnb_config(self, vision_modules: Sequence[str]) -> BitsAndBytesConfig:
         """The ``BitsAndBytesConfig`` for a model whose vision side lives at ``vision_modules``."""
         try:
@@ -49,7 +55,7 @@ class Quantization:
             raise RecipeError(
                 "model.quantization needs bitsandbytes: pip install 'vkvtrain[quant]' (or drop the section)."
             ) from err
-        skip = list(self.skip_modules) if self.skip_modules is not None else [*vision_modules, "lm_head"]
+        skip = self.skip_list(vision_modules)
         if self.bits == 8:
             return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
         return BitsAndBytesConfig(
@@ -60,3 +66,11 @@ class Quantization:
             llm_int8_skip_modules=skip,
         )
 
+
+
+def unmatched_skip_modules(model: nn.Module, skip_modules: Sequence[str]) -> list[str]:
+    """The entries of ``skip_modules`` that match no module of ``model`` under transformers' own matching rule
+    (a prefix up to a module boundary, a regex, or a suffix): a misspelt entry would leave that part quantized."""
+    names = [name for name, _ in model.named_modules() if name]
+    return [pattern for pattern in skip_modules
+            if all(should_convert_module(name, [pattern]) for name in names)]

@@ -2,15 +2,36 @@
 
 Image span layout: one token per merged 2x2 patch block, row-major over (t, h/2, w/2) of `image_grid_thw`
 (the vision model undoes its window permutation after the merger). Still images have t = 1.
+
+Published sizes (``tiny://qwen2_5_vl@3b`` / ``@7b``) and where each value comes from:
+
+| value | 3b | 7b | source |
+|---|---|---|---|
+| hub id | Qwen/Qwen2.5-VL-3B-Instruct | Qwen/Qwen2.5-VL-7B-Instruct | |
+| hidden / MLP width | 2048 / 11008 | 3584 / 18944 | [H] |
+| layers, heads, KV heads (head_dim) | 36, 16, 2 (128) | 28, 28, 4 (128) | [H] |
+| vocab_size, tied embeddings | 151936, yes | 152064, no | [H] |
+| rope_theta, M-RoPE sections, rms_norm_eps, max positions | 1e6, [16, 24, 24], 1e-6, 128000 | same | [H] |
+| ViT: width, layers, heads, MLP | 1280, 32, 16, 3420 | same | width [H]; the rest [D] |
+| ViT: patch, merge, temporal patch, window, full-attention blocks | 14, 2 x 2, 2, 112 px, [7, 15, 23, 31] | same | patch [H]; the rest [D] |
+| merger output width | 2048 | 3584 | [H] (3b); = LM width (7b, [D]) |
+| special token ids | <|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645, <|vision_start|> 151652, <|vision_end|> 151653, <|image_pad|> 151655, <|video_pad|> 151656 | same | [H] |
+| image processor | min_pixels 3136 (56^2), max_pixels 12845056 (28^2 x 16384), CLIP mean/std | same | [P] |
+
+[H] the checkpoints' config.json; [P] their preprocessor_config.json; [D] transformers' `Qwen2_5_VLVisionConfig`
+defaults (the published config.json lists only the vision fields that differ from them). The least certain value
+is the ViT MLP width 3420 (a default, not read from the 3B/7B files; the 72B states 3456).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import (
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     ProcessorMixin,
@@ -22,13 +43,7 @@ from transformers.image_utils import SizeDict
 from transformers.vision_utils import get_vision_window_index
 
 from vkvtrain.errors import PromptError
-from vkvtrain.models.base import (
-    FamilyAdapter,
-    HookHandle,
-    hf_config,
-    submodule,
-    unwrap_model,
-)
+from vkvtrain.models.base import FamilyAdapter, HookHandle, PublishedSize, hf_config, submodule, unwrap_model
 from vkvtrain.models.processors import ImageOnlyQwen2_5_VLProcessor
 from vkvtrain.models.tiny_parts import (
     LM_SHAPES,
@@ -50,11 +65,45 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>")
+#: the published ids of SPECIAL_TOKENS
+PUBLISHED_TOKEN_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+                       "<|vision_start|>": 151652, "<|vision_end|>": 151653, "<|image_pad|>": 151655,
+                       "<|video_pad|>": 151656}
+_VIT = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
+            temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+            hidden_act="silu", in_channels=3)
+_QWEN2_5 = dict(rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+                rms_norm_eps=1e-6, max_position_embeddings=128000, bos_token_id=151643, eos_token_id=151645,
+                pad_token_id=151643, sliding_window=32768, use_sliding_window=False)
+_TOP = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+_PROCESSOR = dict(patch_size=14, merge_size=2, temporal_patch_size=2,
+                  size={"shortest_edge": 3136, "longest_edge": 12845056},
+                  image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+
+PUBLISHED: dict[str, PublishedSize] = {
+    "3b": PublishedSize(
+        hub_id="Qwen/Qwen2.5-VL-3B-Instruct",
+        text=dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, max_window_layers=70,
+                  **_QWEN2_5),
+        vision=dict(_VIT, out_hidden_size=2048), model=dict(_TOP, tie_word_embeddings=True), processor=_PROCESSOR,
+        special_tokens=PUBLISHED_TOKEN_IDS,
+    ),
+    "7b": PublishedSize(
+        hub_id="Qwen/Qwen2.5-VL-7B-Instruct",
+        text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                  num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, max_window_layers=28,
+                  **_QWEN2_5),
+        vision=dict(_VIT, out_hidden_size=3584), model=dict(_TOP, tie_word_embeddings=False), processor=_PROCESSOR,
+        special_tokens=PUBLISHED_TOKEN_IDS,
+    ),
+}
 
 
-def tokenizer() -> PreTrainedTokenizerFast:
-    """The byte-level stand-in for the Qwen2.5 tokenizer, with Qwen2.5-VL's special tokens."""
-    return build_tokenizer(SPECIAL_TOKENS, pad="<|endoftext|>", eos="<|im_end|>")
+def tokenizer(ids: dict[str, int] | None = None) -> PreTrainedTokenizerFast:
+    """The byte-level stand-in for the Qwen2.5 tokenizer, with Qwen2.5-VL's special tokens (at ``ids`` when
+    given: a published checkpoint's ids)."""
+    return build_tokenizer(SPECIAL_TOKENS, pad="<|endoftext|>", eos="<|im_end|>", ids=ids)
 
 
 def text_config(size: str, tok: PreTrainedTokenizerFast) -> dict[str, Any]:
@@ -76,6 +125,7 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
     image_placeholder: ClassVar[str] = "<|vision_start|>"
     turn_end: ClassVar[str] = "<|im_end|>"
     vision_modules: ClassVar[tuple[str, ...]] = ("model.visual",)  # the vision tower and its merger (projector)
+    published_sizes: ClassVar[Mapping[str, PublishedSize]] = PUBLISHED
 
     def build_tiny(self, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
         """A windowed ViT with 4 px patches, 2 x 2 merge and 16 px windows (images of 16^2..64^2 pixels),
@@ -101,6 +151,15 @@ class Qwen2_5_VLAdapter(FamilyAdapter):
         processor = ImageOnlyQwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok,
                                                  chat_template=CHAT_TEMPLATE)
         return model, processor
+
+    def build_published(self, size: str) -> tuple[PretrainedConfig, ProcessorMixin]:
+        spec = self.published(size)
+        config = Qwen2_5_VLConfig(text_config=dict(spec.text), vision_config=dict(spec.vision), **spec.model)
+        processor = ImageOnlyQwen2_5_VLProcessor(
+            image_processor=Qwen2VLImageProcessorPil(**spec.processor),
+            tokenizer=tokenizer(dict(spec.special_tokens)), chat_template=CHAT_TEMPLATE,
+        )
+        return config, processor
 
     def projector(self, model: nn.Module) -> nn.Module:
         return submodule(model, "model.visual.merger")

@@ -28,6 +28,11 @@ def families() -> tuple[str, ...]:
     return tuple(adapter.family for adapter in ADAPTERS.values())
 
 
+def sizes() -> tuple[str, ...]:
+    """Every size some registered family accepts in `tiny://<family>@<size>` (test sizes first)."""
+    return tuple(dict.fromkeys(size for adapter in ADAPTERS.values() for size in adapter.sizes()))
+
+
 def adapter_for(model_type: str, source: str = "") -> FamilyAdapter:
     """The adapter for a config's `model_type`, or an error listing the supported families."""
     try:

@@ -6,7 +6,7 @@ Each family adapter turns these into its own config, model and processor (`Famil
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -27,13 +27,22 @@ VISION_SHAPES: dict[str, dict[str, Any]] = {
 SIZES: tuple[str, ...] = tuple(LM_SHAPES)
 
 
-def build_tokenizer(specials: Sequence[str], pad: str, eos: str, bos: str | None = None) -> PreTrainedTokenizerFast:
+def build_tokenizer(specials: Sequence[str], pad: str, eos: str, bos: str | None = None,
+                    ids: Mapping[str, int] | None = None) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with no merges (one token per byte) plus the family's special tokens.
 
-    It encodes any text losslessly and is fully determined by this code (no training, no download).
+    It encodes any text losslessly and is fully determined by this code (no training, no download). Without
+    ``ids`` the special tokens follow the 256 byte tokens; with ``ids`` (a published checkpoint's special-token
+    ids) every special token keeps its published id, so the published config's token ids hold unchanged.
     """
     byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {symbol: index for index, symbol in enumerate(sorted(byte_alphabet))}
+    if ids is not None:
+        missing = [t for t in specials if t not in ids]
+        taken = {t: i for t, i in ids.items() if i < len(vocab)}
+        if missing or taken:
+            raise ValueError(f"special-token ids: {missing} have none, {taken} collide with the byte tokens")
+        vocab.update(ids)
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
