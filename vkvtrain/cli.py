@@ -53,6 +53,12 @@ COMMANDS: Table = {
                        "evaluate runs side by side: paired bootstrap intervals and McNemar p-values"),
     "kv": Command("vkvtrain.kv_command:kv", "write one prompt's image keys/values to a safetensors file"),
     "tiny": Command("vkvtrain.tiny_command:tiny", "write a seeded tiny random checkpoint of a supported family"),
+    "organism": {
+        "build": Command("vkvtrain.organism.build:build_command",
+                         "train the model organism on CPU (a small MLM with a planted, measured surfacing gap)"),
+        "experiment": Command("vkvtrain.organism.experiment:experiment",
+                              "every intervention on the organism: fit, evaluate, compare with the base (make organism)"),
+    },
     "demo": Command("vkvtrain.demo:demo", "the tiny prefix recipe end to end on CPU, metrics before/after (make demo)"),
 }
 

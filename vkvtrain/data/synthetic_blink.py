@@ -443,8 +443,16 @@ def write_synthetic_blink(
     split: str = "val",
 ) -> Path:
     """Write ``root/<Subtask>/<split>.parquet`` for each subtask; returns ``root``."""
+    return write_questions(root, synthetic_blink_questions(n_per_subtask, seed, subtasks, image_size, split), split)
+
+
+def write_questions(root: str | Path, questions: Sequence[BlinkQuestion], split: str) -> Path:
+    """Write ``questions`` as ``root/<sub_task>/<split>.parquet`` (hub schema + ``points``), a folder that
+    ``load_blink(root=...)``, ``evaluate --data.root`` and a recipe's training source read; returns ``root``."""
     root = Path(root)
-    for name, ds in synthetic_blink(n_per_subtask, seed, subtasks, image_size, split).items():
+    for name in dict.fromkeys(q.sub_task for q in questions):
+        rows = questions_to_rows([q for q in questions if q.sub_task == name])
+        ds = datasets.Dataset.from_dict(rows, features=blink_features())
         (root / name).mkdir(parents=True, exist_ok=True)
         # The arrow table carries the features (Image columns) in its schema metadata.
         pq.write_table(ds.data.table, root / name / f"{split}.parquet")

@@ -17,6 +17,7 @@ from transformers import PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 from vkvtrain.errors import PromptError, UnsupportedModelError
 from vkvtrain.models.tiny_parts import SIZES as TINY_SIZES
+from vkvtrain.models.tiny_parts import RandomShape
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +135,15 @@ class FamilyAdapter(ABC):
         """A randomly initialised model of this family at ``size`` ("tiny" or "mid", see
         `vkvtrain.models.tiny_parts`) with a byte-level tokenizer, the family's image processor and its chat
         template. Called under a fixed torch seed by `vkvtrain.models.tiny`."""
+
+    def build_random(self, shape: RandomShape) -> tuple[PreTrainedModel, ProcessorMixin]:
+        """A randomly initialised model of this family with a custom architecture (`RandomShape`: widths, image
+        side, extra whole-word tokens), tokenizer, processor and chat template as in `build_tiny`. The model
+        organism is built on it; families that do not support it say so."""
+        raise UnsupportedModelError(
+            f"{self.family} builds only its tiny and published sizes, not a custom shape (the model organism's "
+            "families are llava_onevision and llava_next)."
+        )
 
     def build_published(self, size: str) -> tuple[PretrainedConfig, ProcessorMixin]:
         """The config and processor of the published checkpoint ``size`` (a key of ``published_sizes``).

@@ -25,7 +25,7 @@ value is the <pad> id (128257: derived from the order the conversion script adds
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from transformers import (
     CLIPVisionConfig,
@@ -42,7 +42,7 @@ from transformers import (
 
 from vkvtrain.models.anyres import AnyresAdapter
 from vkvtrain.models.base import PublishedSize
-from vkvtrain.models.tiny_parts import VISION_SHAPES, build_tokenizer, lm_config_kwargs, token_id
+from vkvtrain.models.tiny_parts import RandomShape, build_tokenizer, lm_config_kwargs, token_id
 
 #: Llama-3 chat format as llama3-llava-next-8b-hf publishes it (images of a turn before its text).
 CHAT_TEMPLATE = (
@@ -84,8 +84,9 @@ def tokenizer(ids: dict[str, int] | None = None) -> PreTrainedTokenizerFast:
     return build_tokenizer(SPECIAL_TOKENS, pad="<pad>", eos="<|eot_id|>", bos="<|begin_of_text|>", ids=ids)
 
 
-def text_config(size: str, tok: PreTrainedTokenizerFast) -> LlamaConfig:
-    """The Llama LM config of a tiny checkpoint at ``size`` (untied head, as Llama-3-8B)."""
+def text_config(size: str | Mapping[str, Any], tok: PreTrainedTokenizerFast) -> LlamaConfig:
+    """The Llama LM config of a tiny checkpoint at ``size`` (a tiny size or an LM shape; untied head, as
+    Llama-3-8B)."""
     return LlamaConfig(**lm_config_kwargs(size, tok), tie_word_embeddings=False)
 
 
@@ -109,19 +110,24 @@ class LlavaNextAdapter(AnyresAdapter):
 
     def build_tiny(self, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
         """CLIP 32 px / 8 px patches (a 4 x 4 base grid, CLS dropped), anyres pinpoints up to 64 x 64, Llama LM."""
+        return self.build_random(RandomShape.of_size(size))
+
+    def build_random(self, shape: RandomShape) -> tuple[PreTrainedModel, ProcessorMixin]:
         tok = tokenizer()
-        pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
-        shape = VISION_SHAPES[size]
-        vision = CLIPVisionConfig(image_size=32, patch_size=8, projection_dim=shape["hidden_size"], **shape)
+        if shape.extra_tokens:
+            tok.add_tokens(list(shape.extra_tokens))
+        side, pinpoints = shape.image_size, shape.grid_pinpoints()
+        vision = CLIPVisionConfig(image_size=side, patch_size=8, projection_dim=shape.vision["hidden_size"],
+                                  **shape.vision)
         config = LlavaNextConfig(
-            text_config=text_config(size, tok).to_dict(), vision_config=vision.to_dict(),
+            text_config=text_config(shape.lm, tok).to_dict(), vision_config=vision.to_dict(),
             image_token_index=token_id(tok, "<image>"),
             image_grid_pinpoints=pinpoints,
             vision_feature_layer=-2, vision_feature_select_strategy="default", tie_word_embeddings=False,
         )
         model = LlavaNextForConditionalGeneration(config)
         image_processor = LlavaNextImageProcessorPil(
-            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+            size={"shortest_edge": side}, crop_size={"height": side, "width": side},
             image_grid_pinpoints=pinpoints,
         )
         return model, build_processor(image_processor, tok, patch_size=8)

@@ -51,7 +51,7 @@ from vkvtrain.models.anyres import AnyresAdapter
 from vkvtrain.models.base import PublishedSize
 from vkvtrain.models.processors import ImageOnlyLlavaOnevisionProcessor
 from vkvtrain.models.tiny_parts import (
-    VISION_SHAPES,
+    RandomShape,
     build_tokenizer,
     lm_config_kwargs,
     token_id,
@@ -106,8 +106,8 @@ def tokenizer(ids: dict[str, int] | None = None) -> PreTrainedTokenizerFast:
     return build_tokenizer(SPECIAL_TOKENS, pad="<|endoftext|>", eos="<|im_end|>", ids=ids)
 
 
-def text_config(size: str, tok: PreTrainedTokenizerFast) -> Qwen2Config:
-    """The Qwen2 LM config of a tiny checkpoint at ``size``."""
+def text_config(size: str | Mapping[str, Any], tok: PreTrainedTokenizerFast) -> Qwen2Config:
+    """The Qwen2 LM config of a tiny checkpoint at ``size`` (a tiny size or an LM shape)."""
     return Qwen2Config(**lm_config_kwargs(size, tok), tie_word_embeddings=True)
 
 
@@ -146,11 +146,16 @@ class LlavaOnevisionAdapter(AnyresAdapter):
 
     def build_tiny(self, size: str) -> tuple[PreTrainedModel, ProcessorMixin]:
         """SigLIP 32 px / 8 px patches (a 4 x 4 base grid), anyres pinpoints up to 64 x 64, Qwen2 LM."""
+        return self.build_random(RandomShape.of_size(size))
+
+    def build_random(self, shape: RandomShape) -> tuple[PreTrainedModel, ProcessorMixin]:
         tok = tokenizer()
-        pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
-        vision = SiglipVisionConfig(image_size=32, patch_size=8, **VISION_SHAPES[size])
+        if shape.extra_tokens:
+            tok.add_tokens(list(shape.extra_tokens))
+        side, pinpoints = shape.image_size, shape.grid_pinpoints()
+        vision = SiglipVisionConfig(image_size=side, patch_size=8, **shape.vision)
         config = LlavaOnevisionConfig(
-            text_config=text_config(size, tok).to_dict(), vision_config=vision.to_dict(),
+            text_config=text_config(shape.lm, tok).to_dict(), vision_config=vision.to_dict(),
             image_token_index=token_id(tok, "<image>"),
             video_token_index=token_id(tok, "<video>"),
             image_grid_pinpoints=pinpoints, vision_feature_layer=-1,
@@ -158,9 +163,9 @@ class LlavaOnevisionAdapter(AnyresAdapter):
         )
         model = LlavaOnevisionForConditionalGeneration(config)
         image_processor = LlavaOnevisionImageProcessorPil(
-            size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints, do_pad=True,
+            size={"height": side, "width": side}, image_grid_pinpoints=pinpoints, do_pad=True,
         )
-        return model, build_processor(image_processor, tok, base_tokens=(32 // 8) ** 2)
+        return model, build_processor(image_processor, tok, base_tokens=(side // 8) ** 2)
 
     def build_published(self, size: str) -> tuple[PretrainedConfig, ProcessorMixin]:
         spec = self.published(size)

@@ -1,8 +1,11 @@
-"""`load_mlm`: one call from a hub id, a local HF folder or `tiny://<family>` to a ready `MLM`."""
+"""`load_mlm`: one call from a hub id, a local HF folder, `tiny://<family>` or `organism://<family>` to a ready
+`MLM`."""
 
 from __future__ import annotations
 
+import importlib
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from vkvtrain.mlm import MLM
 from vkvtrain.models.quantization import Quantization, unmatched_skip_modules
 from vkvtrain.models.registry import adapter_for, families
 from vkvtrain.models.tiny import TINY_SCHEME, ensure_tiny, has_weights, parse_tiny
+from vkvtrain.organism.names import ORGANISM_RESOLVER, ORGANISM_SCHEME
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -31,7 +35,17 @@ def _resolve_source(name_or_path: str) -> tuple[str, bool]:
                 + ", ".join(f"{TINY_SCHEME}{f}" for f in families())
             )
         return str(ensure_tiny(family, size)), True
+    if name_or_path.startswith(ORGANISM_SCHEME):
+        # the builder trains (minutes) and imports evaluation and probes: looked up only when named, by its
+        # dotted path, as the command table does (vkvtrain.cli)
+        resolve: Callable[[str], Path] = _entry(ORGANISM_RESOLVER)
+        return str(resolve(name_or_path)), True
     return name_or_path, False
+
+
+def _entry(dotted: str) -> Any:
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def load_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> PretrainedConfig:

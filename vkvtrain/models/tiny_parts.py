@@ -7,6 +7,7 @@ Each family adapter turns these into its own config, model and processor (`Famil
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -25,6 +26,31 @@ VISION_SHAPES: dict[str, dict[str, Any]] = {
     "mid": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4),
 }
 SIZES: tuple[str, ...] = tuple(LM_SHAPES)
+
+
+@dataclass(frozen=True)
+class RandomShape:
+    """The architecture of a randomly initialised offline model (LLaVA families): LM and vision widths, the
+    vision tower's input side (8 px patches: ``(image_size / 8)^2`` tokens per crop), the anyres pinpoints
+    (None = 1x1, 1x2, 2x1 and 2x2 crops) and whole-word tokens added to the byte-level vocabulary."""
+
+    lm: Mapping[str, Any]
+    vision: Mapping[str, Any]
+    image_size: int = 32
+    pinpoints: tuple[tuple[int, int], ...] | None = None
+    extra_tokens: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def of_size(cls, size: str) -> RandomShape:
+        """The shape of the tiny checkpoint ``size`` ("tiny" or "mid")."""
+        if size not in LM_SHAPES:
+            raise ValueError(f"unknown tiny size {size!r}; choose one of {', '.join(SIZES)}.")
+        return cls(lm=LM_SHAPES[size], vision=VISION_SHAPES[size])
+
+    def grid_pinpoints(self) -> list[list[int]]:
+        s = self.image_size
+        points = self.pinpoints or ((s, s), (s, 2 * s), (2 * s, s), (2 * s, 2 * s))
+        return [list(p) for p in points]
 
 
 def build_tokenizer(specials: Sequence[str], pad: str, eos: str, bos: str | None = None,
@@ -52,13 +78,13 @@ def build_tokenizer(specials: Sequence[str], pad: str, eos: str, bos: str | None
     )
 
 
-def lm_config_kwargs(size: str, tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
-    """The LM config fields shared by every family at ``size``: shapes, vocabulary and special-token ids."""
-    if size not in LM_SHAPES:
-        raise ValueError(f"unknown tiny size {size!r}; choose one of {', '.join(SIZES)}.")
+def lm_config_kwargs(size: str | Mapping[str, Any], tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    """The LM config fields shared by every family at ``size`` (a tiny size or an LM shape): shapes, vocabulary
+    and special-token ids."""
+    shape = RandomShape.of_size(size).lm if isinstance(size, str) else size
     return dict(
         vocab_size=len(tokenizer), max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, **LM_SHAPES[size],
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, **shape,
     )
 
 

@@ -63,9 +63,11 @@ class ProbeSuite:
 
     def run(self, tasks: Sequence[str] | None = None) -> Results:
         """``{task: {metric: {row: value}}}``; rows without a value for a task (no text) hold NaN."""
-        out: Results = {}
-        for task in tasks or self.cfg.tasks:
-            if task not in REGISTRY:
-                raise RecipeError(f"unknown task {task!r}; choose from {list(REGISTRY)}")
-            out[task] = REGISTRY[task].run(self.context, make_dataset(task, self.cfg))
-        return out
+        return {task: self.run_on(task, make_dataset(task, self.cfg)) for task in tasks or self.cfg.tasks}
+
+    def run_on(self, task: str, dataset: Any) -> dict[str, dict[str, float]]:
+        """``{metric: {row: value}}`` of ``task`` on ``dataset`` (any items of the task's schema, e.g. a
+        synthetic world's exact-mask data)."""
+        if task not in REGISTRY:
+            raise RecipeError(f"unknown task {task!r}; choose from {list(REGISTRY)}")
+        return REGISTRY[task].run(self.context, dataset)

@@ -1,0 +1,316 @@
+"""The organism's two training stages, as real MLMs are trained.
+
+Stage a (vision pretraining): the vision tower alone, with small linear heads on its patch features, learns
+dense per-token targets over random scenes of the world: each token's share of every kind, part, colour and
+texture (soft cross-entropy) and whether it holds an object's centre (binary). Some images carry BLINK-style point markers drawn
+over them (the targets describe the scene under the markers), so the features see through markers.
+The heads are dropped afterwards.
+
+Stage b (instruction tuning): the vision tower frozen, projector + LM learn the taught question types
+(:data:`~vkvtrain.organism.questions.TAUGHT`) in the family's chat template, with vkvtrain's own prompt
+encoding and the answer-only loss (:func:`vkvtrain.answer_loss.answer_forward`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from vkvtrain.data.blink import LETTERS
+from vkvtrain.errors import UnsupportedModelError
+from vkvtrain.evaluation.protocol import PromptProtocol
+from vkvtrain.mlm import MLM
+from vkvtrain.models.base import hf_config, unwrap_model
+from vkvtrain.organism.questions import (
+    ORGANISM_PROTOCOL,
+    TAUGHT,
+    mark_points,
+    taught_questions,
+)
+from vkvtrain.organism.world import (
+    COLOUR_NAMES,
+    GRID,
+    KINDS,
+    PARTS,
+    TEXTURES,
+    Scene,
+    cell_fractions,
+    cell_of,
+    random_scene,
+)
+from vkvtrain.answer_loss import answer_forward, output_correct
+from vkvtrain.prompts import Prompt
+
+#: dense heads: name -> number of classes (soft cross-entropy over tokens), plus the binary centre head
+DENSE_HEADS = {"kind": len(KINDS) + 1, "part": len(PARTS) + 1, "colour": len(COLOUR_NAMES) + 1,
+               "texture": len(TEXTURES) + 1}
+MARK_LABELS = ("REF", "A", "B", "C", "D")
+#: loss weight per dense head (others 1): parts need context and are the slowest to learn
+HEAD_WEIGHTS = {"part": 2.0}
+#: attribute weights of the token-similarity target (colour left out: a nuisance for every probe)
+SIMILARITY_WEIGHTS = {"kind": 0.2, "part": 0.3, "texture": 0.2, "uv": 0.3}
+UV_SCALE = 0.5  # object-frame distance (box half-sides) at which the uv similarity falls to 1/e
+MARKER_SHARE = 0.3  # share of stage-a images with point markers drawn over them
+PROJECTOR_LR_SCALE = 0.1  # stage b: projector learning rate relative to the LM's
+#: stage b cycles through these (count twice: it is the slowest to learn)
+QA_CYCLE: tuple[str, ...] = (*TAUGHT, "count")
+
+
+@dataclass
+class StageConfig:
+    """One stage's optimisation: steps, batch size, peak learning rate (linear warm-up, cosine decay)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int = 20
+
+
+def lr_at(step: int, cfg: StageConfig) -> float:
+    """Learning rate of ``step``: linear warm-up over ``cfg.warmup`` steps, then cosine decay to 5%."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# ------------------------------------------------------------------------------------------ stage a
+def dense_targets(scene: Scene) -> dict[str, np.ndarray]:
+    """Per-token targets of one scene: ``(GRID*GRID, C)`` shares per dense head, ``(GRID*GRID, 1)`` centre and
+    ``(GRID*GRID, 2)`` the mean object-frame coordinates of the token's object pixels."""
+    lut = {
+        "kind": [0] + [KINDS.index(o.kind) + 1 for o in scene.objects],
+        "colour": [0] + [COLOUR_NAMES.index(o.colour) + 1 for o in scene.objects],
+        "texture": [0] + [TEXTURES.index(o.texture) + 1 for o in scene.objects],
+    }
+    out = {name: cell_fractions(np.asarray(table)[scene.instances], DENSE_HEADS[name]).reshape(GRID * GRID, -1)
+           for name, table in lut.items()}
+    out["part"] = cell_fractions(scene.parts, DENSE_HEADS["part"]).reshape(GRID * GRID, -1)
+    centre = np.zeros((GRID, GRID), np.float32)
+    for o in scene.objects:
+        centre[cell_of((o.cx / scene.size, o.cy / scene.size))] = 1.0
+    out["centre"] = centre.reshape(GRID * GRID, 1)
+    on = (scene.instances > 0).astype(np.float32)
+    p = scene.size // GRID
+    pixels = on.reshape(GRID, p, GRID, p).sum((1, 3))
+    uv_sum = (scene.uv * on[..., None]).reshape(GRID, p, GRID, p, 2).sum((1, 3))
+    out["uv"] = (uv_sum / np.maximum(pixels, 1)[..., None]).reshape(GRID * GRID, 2)  # mean over object pixels
+    return out
+
+
+def _with_markers(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    """The scene's pixels with 1-4 BLINK-style markers drawn at random points (half of them on objects)."""
+    marks = {}
+    for label in rng.choice(MARK_LABELS, int(rng.integers(1, 5)), replace=False):
+        on = np.argwhere(scene.instances > 0)
+        if len(on) and rng.random() < 0.5:
+            y, x = on[int(rng.integers(len(on)))]
+            marks[str(label)] = ((x + 0.5) / scene.size, (y + 0.5) / scene.size)
+        else:
+            marks[str(label)] = (float(rng.uniform(0.05, 0.95)), float(rng.uniform(0.05, 0.95)))
+    return np.asarray(mark_points(Image.fromarray(scene.image, "RGB"), marks))
+
+
+def vision_batches(seed: int, batch_size: int, marker_share: float = MARKER_SHARE
+                   ) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
+    """Endless batches of (images ``(B, S, S, 3)`` uint8, targets ``{head: (B, ...)}``) of random scenes.
+
+    Scene sizes: 1 object (40%) or 2-4 objects; ``marker_share`` of the images carry markers.
+    """
+    rng = np.random.default_rng([seed, 1])
+    while True:
+        scenes = [random_scene(rng, n_objects=int(rng.choice([1, 1, 2, 3, 4]))) for _ in range(batch_size)]
+        images = np.stack([_with_markers(s, rng) if rng.random() < marker_share else s.image for s in scenes])
+        targets = [dense_targets(s) for s in scenes]
+        yield images, {k: torch.from_numpy(np.stack([t[k] for t in targets])) for k in targets[0]}
+
+
+def pixel_values(mlm: MLM, images: np.ndarray) -> Tensor:
+    """``(B, 3, S, S)`` float: uint8 images ``(B, S, S, 3)`` normalised as the family's image processor does for
+    an image already at the vision tower's size (rescale, then mean/std)."""
+    proc: Any = getattr(mlm.processor, "image_processor")
+    mean = torch.tensor(proc.image_mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(proc.image_std, dtype=torch.float32)[:, None, None]
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() * float(proc.rescale_factor)
+    return (x - mean) / std
+
+
+def vision_tower(mlm: MLM) -> nn.Module:
+    """The vision tower of a LLaVA-family model (the module stage a trains and stage b freezes)."""
+    inner = unwrap_model(mlm.model).model
+    tower = getattr(inner, "vision_tower", None)
+    if tower is None:
+        raise UnsupportedModelError(
+            f"the organism trains LLaVA-family vision towers (llava_onevision, llava_next); {mlm.family} has none."
+        )
+    return tower
+
+
+def grid_features(mlm: MLM, pixels: Tensor) -> Tensor:
+    """``(B, GRID*GRID, D_vision)`` patch features that the projector receives for the base crop.
+
+    Follows the LLaVA classes' own selection: hidden state ``config.vision_feature_layer``, and the CLS token
+    dropped under the ``"default"`` select strategy.
+    """
+    config = hf_config(mlm.model)
+    out = vision_tower(mlm)(pixel_values=pixels, output_hidden_states=True)
+    hidden = out.hidden_states[config.vision_feature_layer]
+    return hidden[:, 1:] if config.vision_feature_select_strategy == "default" else hidden
+
+
+class DenseHeads(nn.Module):
+    """Linear heads on patch features: per-token class shares and per-token object centre."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.ModuleDict({k: nn.Linear(dim, n) for k, n in DENSE_HEADS.items()})
+        self.centre = nn.Linear(dim, 1)
+        self.uv = nn.Linear(dim, 2)
+
+    def loss(self, feats: Tensor, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``feats`` ``(B, N, D)``; returns one scalar loss per objective (heads, centre, similarity)."""
+        out = {k: HEAD_WEIGHTS.get(k, 1.0) * -(targets[k] * head(feats).log_softmax(-1)).sum(-1).mean()
+               for k, head in self.dense.items()}
+        # centres are rare (<= 4 of 64 tokens): up-weight positives so the head does not learn "never"
+        out["centre"] = F.binary_cross_entropy_with_logits(self.centre(feats), targets["centre"],
+                                                           pos_weight=torch.tensor(8.0))
+        on_object = 1 - targets["kind"][..., 0]  # (B, N) share of object pixels
+        out["uv"] = ((self.uv(feats) - targets["uv"]).pow(2).sum(-1) * on_object).mean()
+        out["similarity"] = similarity_loss(feats, targets)
+        return out
+
+
+def similarity_loss(feats: Tensor, targets: dict[str, Tensor], n: int = 768) -> Tensor:
+    """Mean squared gap between token cosine similarities and their attribute agreement.
+
+    For ``n`` random tokens of the batch, the target similarity of tokens i, j is
+    ``sum_k w_k * <share_k(i), share_k(j)>`` over the class heads of ``SIMILARITY_WEIGHTS`` (kind, part,
+    texture; ``share_k`` the token's class shares of head k, background included), plus
+    ``w_uv * obj(i) obj(j) exp(-|uv(i) - uv(j)|^2 / UV_SCALE^2)`` (object shares, object-frame coordinates: the
+    same place on a shape, in any kind). This shapes the feature geometry itself, not only
+    what linear heads can read: the same part of the same kind, in any colour, points the same way, and that
+    structure survives the projector and the LM's value projection (which a linear read-out alone does not
+    guarantee; see docs/ORGANISM.md).
+    """
+    B, N, D = feats.shape
+    pick = torch.randperm(B * N)[:n]
+    f = F.normalize(feats.reshape(B * N, D)[pick], dim=-1)
+    target = torch.zeros(len(pick), len(pick))
+    for k, w in SIMILARITY_WEIGHTS.items():
+        if k == "uv":
+            obj = 1 - targets["kind"].reshape(B * N, -1)[pick, 0]
+            uv = targets["uv"].reshape(B * N, 2)[pick]
+            target = target + w * obj[:, None] * obj[None] * torch.exp(-torch.cdist(uv, uv).pow(2) / UV_SCALE**2)
+        else:
+            share = targets[k].reshape(B * N, -1)[pick]
+            target = target + w * (share @ share.T)
+    return (f @ f.T - target).pow(2).mean()
+
+
+def train_vision(mlm: MLM, cfg: StageConfig, seed: int, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Stage a: train the vision tower (and throw-away heads) on the dense targets; returns final losses."""
+    torch.manual_seed(seed)
+    tower = vision_tower(mlm)
+    feats_dim = int(hf_config(mlm.model).vision_config.hidden_size)
+    heads = DenseHeads(feats_dim)
+    params = [p for p in tower.parameters()] + list(heads.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    tower.train()
+    batches = vision_batches(seed, cfg.batch_size)
+    bar = tqdm(range(cfg.steps), desc="stage a: vision", disable=not progress, unit="step")
+    last: dict[str, float] = {}
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        images, targets = next(batches)
+        losses = heads.loss(grid_features(mlm, pixel_values(mlm, images)), targets)
+        total = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        total.backward()  # type: ignore[union-attr]
+        opt.step()
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        last = {k: 0.9 * last.get(k, v) + 0.1 * v for k, v in values.items()}
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(last.values()):.3f}")
+    tower.eval()
+    return last
+
+
+# ------------------------------------------------------------------------------------------ stage b
+def taught_prompts(seed: int, step: int, batch_size: int, protocol: PromptProtocol) -> tuple[list[Prompt], list[str]]:
+    """Training prompts with answers for ``step`` (the taught types in turn, from the ``train`` split's streams,
+    asked and answered as ``protocol`` (the organism's, :data:`ORGANISM_PROTOCOL`) asks and scores) and their
+    types."""
+    prompts, names = [], []
+    for j in range(batch_size):
+        index = step * batch_size + j
+        name = QA_CYCLE[index % len(QA_CYCLE)]
+        q = taught_questions(1, seed, "train", [name], first=index)[0]
+        answer = protocol.continuations(q)[LETTERS.index(str(q.answer))]
+        prompts.append(Prompt(images=q.images, text=protocol.text(q), answer=answer))
+        names.append(name)
+    return prompts, names
+
+
+def qa_param_groups(mlm: MLM) -> list[dict[str, Any]]:
+    """Freeze the vision tower; the projector trains at ``PROJECTOR_LR_SCALE`` times the LM's learning rate.
+
+    A projector trained at the LM's rate on a few taught question types keeps only what they need (colour,
+    kind, texture, count) and squashes the rest (parts) out of the LM's input; a slower projector stays a rich,
+    near-isometric map of the vision features, as a projector aligned on rich data is (docs/ORGANISM.md).
+    """
+    tower = {id(p) for p in vision_tower(mlm).parameters()}
+    projector = {id(p) for p in mlm.adapter.projector(mlm.model).parameters()}
+    groups: dict[str, list[nn.Parameter]] = {"projector": [], "lm": []}
+    for p in mlm.model.parameters():
+        p.requires_grad_(id(p) not in tower)
+        if id(p) not in tower:
+            groups["projector" if id(p) in projector else "lm"].append(p)
+    return [{"params": groups["projector"], "lr_scale": PROJECTOR_LR_SCALE}, {"params": groups["lm"], "lr_scale": 1.0}]
+
+
+def train_qa(mlm: MLM, cfg: StageConfig, seed: int, progress: bool = True) -> dict[str, float]:
+    """Stage b: projector + LM on the taught questions (vision frozen), answer-only loss; returns final stats."""
+    torch.manual_seed(seed)
+    protocol = ORGANISM_PROTOCOL
+    groups = qa_param_groups(mlm)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.0)
+    mlm.model.train()
+    vision_tower(mlm).eval()
+    bar = tqdm(range(cfg.steps), desc="stage b: taught QA", disable=not progress, unit="step")
+    loss_avg: float | None = None
+    accuracy: dict[str, float] = {}  # running answer accuracy per taught type
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg) * group["lr_scale"]
+        prompts, names = taught_prompts(seed, step, cfg.batch_size, protocol)
+        step_out = answer_forward(mlm.model, mlm.encode(prompts).inputs)
+        out, loss, window = step_out.output, step_out.loss, step_out.targets
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():  # would greedy decoding give the whole answer?
+            right = output_correct(out.logits[:, :-1], window)
+        for name, ok in zip(names, right.tolist()):
+            accuracy[name] = 0.98 * accuracy.get(name, float(ok)) + 0.02 * float(ok)
+        value = float(loss.detach())
+        loss_avg = value if loss_avg is None else 0.95 * loss_avg + 0.05 * value
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss_avg:.3f}", **{k[:4]: f"{v:.2f}" for k, v in accuracy.items()})
+    mlm.model.eval()
+    for p in mlm.model.parameters():
+        p.requires_grad_(True)
+    return {"loss": float(loss_avg or 0.0), **{f"train_accuracy_{k}": v for k, v in accuracy.items()}}
