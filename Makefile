@@ -42,3 +42,11 @@ clean:
 .PHONY: smoke-real
 smoke-real: install
 	$(BIN)/python benchmarks/smoke_real.py
+
+# The model organism and every intervention on it (CPU; README "The model organism"). The build is cached
+# (organism://llava_onevision); SEEDS=0,1,2 trains each arm once per seed.
+SEEDS ?= 0
+.PHONY: organism
+organism: install
+	$(BIN)/python -m vkvtrain organism build --threads 2
+	$(BIN)/python -m vkvtrain organism experiment --seeds '[$(SEEDS)]' --output_dir outputs/organism

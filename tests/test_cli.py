@@ -32,7 +32,9 @@ def test_top_level_help_lists_every_command(capsys) -> None:
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m vkvtrain <command>")
     for name, command in cli.COMMANDS.items():
-        assert isinstance(command, cli.Command) and f"  {name}" in out and command.purpose in out
+        assert f"  {name}" in out
+        if isinstance(command, cli.Command):
+            assert command.purpose in out
     assert cli.main([]) == 2 and "commands:" in capsys.readouterr().err
     assert cli.main(["trian"]) == 2
     assert capsys.readouterr().err.startswith("vkvtrain: unknown command 'trian'; choose one of fit, validate")

@@ -277,23 +277,27 @@ def test_random_control_equals_load_mlm_random_init(tiny_organism: Path) -> None
     assert not torch.equal(ours["lm_head.weight"], mlm.model.state_dict()["lm_head.weight"])
 
 
-def test_interrupted_build_leaves_nothing_that_loads_and_resumes(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("stage", ["train_vision", "train_qa", "measure", "summary"])
+def test_interrupted_build_leaves_nothing_that_loads_and_resumes(stage: str, tmp_path: Path, monkeypatch) -> None:
+    """An interrupt at any step (stage a, stage b, the measurements, the report) leaves no folder and no staging
+    folder; the next build completes, resuming stage a's vision weights when stage a had finished."""
     monkeypatch.setenv("VKVTRAIN_CACHE", str(tmp_path / "cache"))
     target = tmp_path / "organism"
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(organism_build, "train_qa", interrupted)
+    monkeypatch.setattr(organism_build, stage, interrupted)
     with pytest.raises(KeyboardInterrupt):
-        build("llava_onevision", str(target), size="tiny", measure=False, progress=False)
+        build("llava_onevision", str(target), size="tiny", measure=stage in ("measure", "summary"), progress=False)
     assert not target.exists() and not list(tmp_path.glob(".organism*"))  # no staging folder left either
     with pytest.raises(ModelLoadError):
         load_mlm(str(target))
     monkeypatch.undo()
     monkeypatch.setenv("VKVTRAIN_CACHE", str(tmp_path / "cache"))
     build("llava_onevision", str(target), size="tiny", measure=False, progress=False)
-    assert json.loads((target / MARKER).read_text())["stage_a"] == "resumed"
+    resumed = json.loads((target / MARKER).read_text())["stage_a"]
+    assert resumed == ("trained" if stage == "train_vision" else "resumed")
     with pytest.raises(OrganismBuildError, match="already exists"):
         build("llava_onevision", str(target), size="tiny", measure=False, progress=False)
 
