@@ -52,7 +52,7 @@ from vkvtrain.organism.questions import VOCABULARY
 from vkvtrain.organism.train import StageConfig, train_qa, train_vision, vision_tower
 from vkvtrain.organism.world import IMAGE_SIZE
 
-BUILD_VERSION = 1  # bump when the world, the recipe or the measurements change, so caches rebuild
+BUILD_VERSION = 2  # bump when the world, the recipe or the measurements change, so caches rebuild
 MARKER = "vkvtrain_organism.json"
 REPORT = "organism_report.json"
 
@@ -79,7 +79,7 @@ SIZES: dict[str, OrganismSize] = {
                 intermediate_size=256),
         vision=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4),
         vision_stage=StageConfig(steps=1200, batch_size=64, lr=2e-3, warmup=20),
-        qa_stage=StageConfig(steps=1500, batch_size=16, lr=2e-3, warmup=20),
+        qa_stage=StageConfig(steps=2000, batch_size=16, lr=2e-3, warmup=20),
         measure=MeasureOptions(),
     ),
     # plumbing only (CI): seconds, no science
@@ -204,7 +204,7 @@ def build_into(folder: Path, family: str, size: str, seed: int, vision_stage: St
 def _card(family: str, size: str, seed: int, table: str) -> str:
     return (f"# vkvtrain model organism: {family}@{size} (seed {seed})\n\n"
             "A small MLM of the real transformers class, trained by `vkvtrain organism build` on a synthetic world "
-            "of textured shapes: vision tower on dense per-token targets, then projector + LM on taught questions "
+            "of textured shapes: vision tower on dense per-token targets, then the LM (projector frozen) on taught questions "
             "(colour, shape, pattern, count). The never-taught BLINK-style subtasks below measure what its image "
             f"value tokens hold that its answers do not use. Measured on held-out data at build time.\n\n{table}\n")
 
@@ -263,7 +263,7 @@ def build(family: str = "llava_onevision", out: str | None = None, size: str = "
 def build_command(family: str = "llava_onevision", out: str | None = None, size: Literal["full", "tiny"] = "full",
                   seed: int = 0, threads: int | None = None, vision_steps: int | None = None,
                   qa_steps: int | None = None, measure: bool = True, progress: bool = True) -> Outcome:
-    """Train the model organism (stage a: vision tower on dense targets; stage b: projector + LM on the taught
+    """Train the model organism (stage a: vision tower on dense targets; stage b: the LM on the taught
     questions) and save it as a standard HF folder with its measured ground truth.
 
     Args:
