@@ -321,3 +321,15 @@ def test_bad_requests_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(OrganismBuildError, match="too small a budget.*at least 21"):
         build("llava_onevision", str(tmp_path / "c"), size="full", vision_steps=5)
     assert not any(tmp_path.iterdir())
+
+
+def test_llava_next_organism_builds_with_the_same_code(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("VKVTRAIN_CACHE", str(tmp_path / "cache"))
+    folder = build("llava_next", str(tmp_path / "next"), size="tiny", progress=False)
+    mlm = load_mlm(str(folder))
+    assert type(mlm.model).__name__ == "LlavaNextForConditionalGeneration"
+    report = json.loads((folder / REPORT).read_text())
+    assert set(report["gap"]) == set(GAP_SUBTASKS) and set(report["taught"]) == set(TAUGHT)
+    q = taught_questions(1, seed=0, split="val", types=["count"])[0]
+    text = mlm.encode([Prompt(images=q.images, text=q.prompt)]).texts[0]
+    assert text.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<image>\n")
