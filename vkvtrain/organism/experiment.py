@@ -43,11 +43,11 @@ def arm(name: str, late_layers: list[int]) -> Arm:
                            "init_args": {"num_tokens": 8, "init_text": "Look at the image closely."}}],
                    learning_rate=1e-2)
     if name == "late_lora":
-        return Arm(name, [lora(["q", "k", "v", "o"])], learning_rate=1e-3)
+        return Arm(name, [lora(["q", "k", "v", "o"])], learning_rate=3e-3)
     if name == "key_artifact":
         return Arm(name, [lora(["k"]), {"class_path": "vkvtrain.interventions.KeyArtifactSuppression",
                                       "init_args": {"layers": late_layers, "weight": 1.0,
-                                                    "key_kind": "keys_pre_rope"}}], learning_rate=1e-3)
+                                                    "key_kind": "keys_pre_rope"}}], learning_rate=3e-3)
     if name in ("blocking", "blocking_random"):
         selection = "agnostic" if name == "blocking" else "random"
         return Arm(name, [{"class_path": "vkvtrain.interventions.AttentionBlocking",
