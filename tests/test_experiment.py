@@ -54,8 +54,14 @@ def test_experiment_table_compares_every_arm_with_the_base(tmp_path: Path) -> No
     assert saved["sets"]["trained"]["rows"] == json.loads(json.dumps(table["sets"]["trained"]["rows"]))
     md = (tmp_path / "out" / "experiment.md").read_text()
     assert "## transfer: output accuracy" in md and "prefix - base" in md
+    overview = md[md.index("## Overview"):md.index("## trained: output accuracy")]
+    base_row = next(line for line in overview.splitlines() if line.startswith("| base |"))
+    macro = next(r for r in table["sets"]["trained"]["rows"] if r["subtask"] == "macro" and r["metric"] == "output_accuracy")
+    assert base_row.split(" | ")[1] == f"{100 * macro['values'][0]:.1f}"  # the base row holds the base's macro values
+    assert overview.count("| prefix |") == 1 and "trained: surfacing gap" in overview
     assert (tmp_path / "out" / "experiment.png").stat().st_size > 1000
     assert (tmp_path / "out" / "prefix" / "seed0" / "recipe.yaml").is_file()
+    assert Path(table["wandb_run"]).is_relative_to(tmp_path / "out")  # the W&B table stays with the experiment
     assert not math.isnan(table["sets"]["trained"]["rows"][0]["values"][0])
 
 

@@ -178,7 +178,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict[str, Any]:
     table = compare_sets(cfg, folders)
     write_outputs(out, table)
     if cfg.wandb.project and cfg.wandb.mode != "disabled":
-        log_wandb(table, cfg.wandb)
+        table["wandb_run"] = log_wandb(table, cfg.wandb, out)
     return table
 
 
@@ -203,7 +203,8 @@ def markdown(table: dict[str, Any]) -> str:
              f"- arms: {', '.join(a['name'] for a in table['arms'])}; seeds {table['seeds']}; {table['steps']} "
              f"training steps on {table['train']['root']} ({table['train']['split']})",
              "- differences to the base with paired 95% bootstrap intervals (questions paired by id); p: exact "
-             "McNemar on output accuracy (single-seed arms)"]
+             "McNemar on output accuracy (single-seed arms)", "", "## Overview (macro over subtasks, %)", "",
+             overview(table).rstrip()]
     for name, comparison in table["sets"].items():
         labels = [r["label"] for r in comparison["runs"]]
         for metric, title in TITLES.items():
@@ -220,6 +221,26 @@ def markdown(table: dict[str, Any]) -> str:
                     p = f", p={d['mcnemar_p']:.2g}" if d.get("mcnemar_p") is not None else ""
                     cells.append(f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]{p}")
                 lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def overview(table: dict[str, Any]) -> str:
+    """One markdown table: per arm, the macro value of each question set and metric with its difference to the base
+    [95% CI] (the base row holds the base values)."""
+    columns = [(name, metric) for name, comparison in table["sets"].items() for metric in TITLES
+               if any(r["metric"] == metric and r["subtask"] == "macro" for r in comparison["rows"])]
+    head = ["arm", *(f"{name}: {TITLES[metric]}" for name, metric in columns)]
+    labels = [r["label"] for r in next(iter(table["sets"].values()))["runs"]]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(columns)]
+    for k, label in enumerate(labels):
+        cells = [label]
+        for name, metric in columns:
+            row = next(r for r in table["sets"][name]["rows"] if r["metric"] == metric and r["subtask"] == "macro")
+            d = row["differences"][k]
+            cells.append(_pct(row["values"][k]) if k == 0 else
+                         f"{_pct(row['values'][k])} ({100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, "
+                         f"{100 * d['high']:+.1f}])")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -260,8 +281,9 @@ def write_outputs(out: Path, table: dict[str, Any]) -> None:
     plot(table, out / "experiment.png")
 
 
-def log_wandb(table: dict[str, Any], cfg: WandbConfig) -> None:
-    """The table as one W&B table (offline unless logged in)."""
+def log_wandb(table: dict[str, Any], cfg: WandbConfig, out: Path) -> str:
+    """The table as one W&B table (offline unless logged in), under ``cfg.save_dir`` or the experiment's folder;
+    returns the run's folder."""
     import wandb  # imported only when a W&B run is asked for (it starts a service process)
 
     columns: list[str | int] = ["set", "subtask", "metric", "n", "arm", "base", "value", "difference", "low", "high",
@@ -274,6 +296,8 @@ def log_wandb(table: dict[str, Any], cfg: WandbConfig) -> None:
                 d = row["differences"][k]
                 rows.append([name, row["subtask"], row["metric"], row["n"], label, row["values"][0],
                              row["values"][k], d["difference"], d["low"], d["high"], d.get("mcnemar_p")])
-    run = wandb.init(project=cfg.project, name=cfg.name, mode=cfg.mode, dir=cfg.save_dir)
+    run = wandb.init(project=cfg.project, name=cfg.name, mode=cfg.mode, dir=cfg.save_dir or str(out))
     run.log({"experiment": wandb.Table(columns=columns, data=rows)})
+    run_dir = str(Path(run.dir).parent)
     run.finish()
+    return run_dir

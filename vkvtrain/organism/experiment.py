@@ -77,7 +77,7 @@ class OrganismExperimentConfig:
     n_train: int = 160
     n_eval: int = 100
     question_seed: int = 0
-    steps: int = 120
+    steps: int = 400
     batch_size: int = 8
     late_layers: list[int] = field(default_factory=lambda: [-2, -1])
     n_resamples: int = 2000
@@ -160,6 +160,7 @@ def experiment(config: OrganismExperimentConfig) -> Outcome:
     return Outcome(
         title=f"organism experiment on {config.model_name} ({len(config.arms)} arms, seeds {config.seeds})",
         outputs={"table": str(out / "experiment.md"), "json": str(out / "experiment.json"),
-                 "figure": str(out / "experiment.png"), "questions": str(out / "questions")},
+                 "figure": str(out / "experiment.png"), "questions": str(out / "questions"),
+                 **({"W&B run": table["wandb_run"]} if "wandb_run" in table else {})},
         figures=headline(table),
     )
