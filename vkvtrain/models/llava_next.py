@@ -113,9 +113,7 @@ class LlavaNextAdapter(AnyresAdapter):
         return self.build_random(RandomShape.of_size(size))
 
     def build_random(self, shape: RandomShape) -> tuple[PreTrainedModel, ProcessorMixin]:
-        tok = tokenizer()
-        if shape.extra_tokens:
-            tok.add_tokens(list(shape.extra_tokens))
+        tok = shape.tokenizer(tokenizer())
         side, pinpoints = shape.image_size, shape.grid_pinpoints()
         vision = CLIPVisionConfig(image_size=side, patch_size=8, projection_dim=shape.vision["hidden_size"],
                                   **shape.vision)

@@ -149,9 +149,7 @@ class LlavaOnevisionAdapter(AnyresAdapter):
         return self.build_random(RandomShape.of_size(size))
 
     def build_random(self, shape: RandomShape) -> tuple[PreTrainedModel, ProcessorMixin]:
-        tok = tokenizer()
-        if shape.extra_tokens:
-            tok.add_tokens(list(shape.extra_tokens))
+        tok = shape.tokenizer(tokenizer())
         side, pinpoints = shape.image_size, shape.grid_pinpoints()
         vision = SiglipVisionConfig(image_size=side, patch_size=8, **shape.vision)
         config = LlavaOnevisionConfig(

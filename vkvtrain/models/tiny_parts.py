@@ -47,6 +47,12 @@ class RandomShape:
             raise ValueError(f"unknown tiny size {size!r}; choose one of {', '.join(SIZES)}.")
         return cls(lm=LM_SHAPES[size], vision=VISION_SHAPES[size])
 
+    def tokenizer(self, tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+        """``tok`` (the family's byte-level tokenizer) with ``extra_tokens`` added as whole words."""
+        if self.extra_tokens:
+            tok.add_tokens(list(self.extra_tokens))
+        return tok
+
     def grid_pinpoints(self) -> list[list[int]]:
         s = self.image_size
         points = self.pinpoints or ((s, s), (s, 2 * s), (2 * s, s), (2 * s, 2 * s))
