@@ -19,7 +19,14 @@ from vkvtrain.errors import RecipeError
 from vkvtrain.evaluation.config import WandbConfig
 from vkvtrain.experiment import BLINK_COLUMNS
 from vkvtrain.organism.build import MARKER, REPORT
-from vkvtrain.organism.experiment import ARMS, OrganismExperimentConfig, arm, experiment, write_question_sets
+from vkvtrain.organism.experiment import (
+    ARMS,
+    OrganismExperimentConfig,
+    arm,
+    experiment,
+    experiment_config,
+    write_question_sets,
+)
 from vkvtrain.organism.questions import TAUGHT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +97,14 @@ def test_training_and_evaluation_questions_never_overlap(tmp_path: Path) -> None
     assert {train[i].answer for i in range(len(train))} <= {"(A)", "(B)"}  # the organism's answer form
     taught = load_blink(root=sets["taught"].root, split="val", subtasks=list(TAUGHT))
     assert sorted({q.sub_task for q in taught}) == sorted(TAUGHT) and len(taught) == 6 * len(TAUGHT)
+
+
+def test_the_generic_experiment_gets_the_organisms_format_and_probe_layer(tmp_path: Path) -> None:
+    cfg = OrganismExperimentConfig(size="tiny", trained_subtasks=["Art_Style"], transfer_subtasks=[], probe_layer=-1,
+                                   n_train=2, n_eval=2, output_dir=str(tmp_path / "out"))
+    made = experiment_config(cfg, write_question_sets(cfg, tmp_path / "q"))
+    assert (made.probe_layer, made.continuation, made.pre_prompt) == (-1, "paren_letter", "")
+    assert set(made.evaluate) == {"trained", "taught"} and made.model == "organism://llava_onevision@tiny"
 
 
 def test_every_arm_is_a_valid_recipe_and_bad_configs_name_the_fix() -> None:

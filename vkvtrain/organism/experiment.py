@@ -64,7 +64,9 @@ class OrganismExperimentConfig:
     seeds: one training run per arm and seed (pooled in the comparison). n_train: training questions per trained
     subtask; n_eval: held-out questions per evaluated subtask (taught types included). question_seed: the
     question streams (train and val are disjoint streams of it). steps, batch_size, late_layers: every
-    training arm. output_dir: the question folders and the experiment's outputs.
+    training arm. probe_layer: the latent probe's LM layer ("heldout": chosen per subtask on held-out questions;
+    on the organism that is layer 0, whose image values no intervention changes; a later layer shows the
+    interventions' effect on the latent side). output_dir: the question folders and the experiment's outputs.
     """
 
     family: str = "llava_onevision"
@@ -80,6 +82,7 @@ class OrganismExperimentConfig:
     steps: int = 400
     batch_size: int = 8
     late_layers: list[int] = field(default_factory=lambda: [-2, -1])
+    probe_layer: int | str = "heldout"
     n_resamples: int = 2000
     output_dir: str = "outputs/organism_experiment"
     wandb: WandbConfig = field(default_factory=lambda: WandbConfig(project="vkvtrain-organism"))
@@ -129,7 +132,8 @@ def experiment_config(cfg: OrganismExperimentConfig, sets: dict[str, QuestionSet
         model=cfg.model_name, train=sets["train"], evaluate={k: v for k, v in sets.items() if k != "train"},
         arms=[arm(name, list(cfg.late_layers)) for name in cfg.arms], seeds=list(cfg.seeds), steps=cfg.steps,
         batch_size=cfg.batch_size, mode="likelihood", continuation=ORGANISM_PROTOCOL.continuation,
-        pre_prompt=ORGANISM_PROTOCOL.pre_prompt, n_resamples=cfg.n_resamples, output_dir=cfg.output_dir,
+        pre_prompt=ORGANISM_PROTOCOL.pre_prompt, probe_layer=cfg.probe_layer, n_resamples=cfg.n_resamples,
+        output_dir=cfg.output_dir,
         wandb=cfg.wandb, progress=cfg.progress,
     )
 
