@@ -16,7 +16,6 @@ it>``; third-party noise is hidden (vkvtrain.quiet) unless ``--verbose`` is give
 
 from __future__ import annotations
 
-import importlib
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from vkvtrain.arguments import parse_call
+from vkvtrain.entry_points import resolve_entry
 from vkvtrain.errors import VKVError
 from vkvtrain.outcome import Outcome
 from vkvtrain.quiet import quiet
@@ -102,8 +102,8 @@ def select(argv: Sequence[str]) -> tuple[list[str], Command | Table, list[str]]:
 
 
 def resolve(entry: str) -> Callable[..., Outcome | None]:
-    module, _, function = entry.partition(":")
-    return getattr(importlib.import_module(module), function)
+    function: Callable[..., Outcome | None] = resolve_entry(entry)
+    return function
 
 
 def invoke(command: Command, name: str, argv: Sequence[str]) -> Outcome | None:

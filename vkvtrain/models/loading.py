@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ import transformers
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 
+from vkvtrain.entry_points import resolve_entry
 from vkvtrain.errors import ModelLoadError, RecipeError, UnsupportedModelError
 from vkvtrain.mlm import MLM
 from vkvtrain.models.quantization import Quantization, unmatched_skip_modules
@@ -38,14 +38,9 @@ def _resolve_source(name_or_path: str) -> tuple[str, bool]:
     if name_or_path.startswith(ORGANISM_SCHEME):
         # the builder trains (minutes) and imports evaluation and probes: looked up only when named, by its
         # dotted path, as the command table does (vkvtrain.cli)
-        resolve: Callable[[str], Path] = _entry(ORGANISM_RESOLVER)
+        resolve: Callable[[str], Path] = resolve_entry(ORGANISM_RESOLVER)
         return str(resolve(name_or_path)), True
     return name_or_path, False
-
-
-def _entry(dotted: str) -> Any:
-    module, _, name = dotted.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def load_config(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> PretrainedConfig:
