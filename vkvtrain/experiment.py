@@ -17,7 +17,6 @@ model name, the question folders and the arms change.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import yaml
 from vkvtrain.errors import RecipeError
 from vkvtrain.evaluation.cli import run as run_evaluation
 from vkvtrain.evaluation.compare import CompareConfig, compare_runs, load_run
-from vkvtrain.evaluation.compare_report import TITLES
+from vkvtrain.evaluation.compare_report import TITLES, difference_text, percent
 from vkvtrain.evaluation.config import DataConfig, EvalConfig, ProbeConfig, WandbConfig
 from vkvtrain.evaluation.protocol import PromptProtocol
 from vkvtrain.outputs import check_writable_dir
@@ -193,10 +192,6 @@ def compare_sets(cfg: ExperimentConfig, folders: dict[str, dict[str, list[str]]]
             "steps": cfg.steps, "train": asdict(cfg.train), "sets": sets}
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None or math.isnan(x) else f"{100 * x:.1f}"
-
-
 def markdown(table: dict[str, Any]) -> str:
     """One table per question set and metric: base, each arm, each arm's difference [95% CI] (McNemar p)."""
     lines = [f"# Intervention experiment on {table['model']}", "",
@@ -216,10 +211,10 @@ def markdown(table: dict[str, Any]) -> str:
             lines += ["", f"## {name}: {title}", "", "| " + " | ".join(head) + " |",
                       "|---|" + "---:|" * (len(head) - 1)]
             for row in rows:
-                cells = [row["subtask"], str(row["n"]), *(_pct(v) for v in row["values"])]
+                cells = [row["subtask"], str(row["n"]), *(percent(v) for v in row["values"])]
                 for d in row["differences"][1:]:
                     p = f", p={d['mcnemar_p']:.2g}" if d.get("mcnemar_p") is not None else ""
-                    cells.append(f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]{p}")
+                    cells.append(difference_text(d) + p)
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -237,9 +232,8 @@ def overview(table: dict[str, Any]) -> str:
         for name, metric in columns:
             row = next(r for r in table["sets"][name]["rows"] if r["metric"] == metric and r["subtask"] == "macro")
             d = row["differences"][k]
-            cells.append(_pct(row["values"][k]) if k == 0 else
-                         f"{_pct(row['values'][k])} ({100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, "
-                         f"{100 * d['high']:+.1f}])")
+            cells.append(percent(row["values"][k]) if k == 0 else
+                         f"{percent(row['values'][k])} ({difference_text(d)})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

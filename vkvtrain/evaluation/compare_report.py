@@ -19,8 +19,14 @@ TITLES = {"output_accuracy": "output accuracy", "probe_accuracy": "latent probe 
 PLOT_TITLES = {"output_accuracy": "output accuracy", "probe_accuracy": "probe accuracy", "gap_all": "surfacing gap"}
 
 
-def _pct(x: float | None) -> str:
+def percent(x: float | None) -> str:
+    """A rate in [0, 1] as a percentage with one decimal; "-" for a missing value."""
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def difference_text(d: dict[str, Any]) -> str:
+    """One paired difference to the base with its interval, in points: "+2.3 [-1.0, +5.5]"."""
+    return f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
 
 
 def _p(x: float | None) -> str:
@@ -51,9 +57,9 @@ def markdown(comparison: dict[str, Any]) -> str:
         lines += ["", f"## {title}", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for row in rows:
             name = f"**{row['subtask']}**" if row["subtask"] in ("macro", "micro") else row["subtask"]
-            cells = [name, str(row["n"]), *(_pct(v) for v in row["values"])]
+            cells = [name, str(row["n"]), *(percent(v) for v in row["values"])]
             for d in row["differences"][1:]:
-                cells.append(f"{100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
+                cells.append(difference_text(d))
                 if metric == "output_accuracy":
                     cells.append(_p(d.get("mcnemar_p")))
             lines.append("| " + " | ".join(cells) + " |")

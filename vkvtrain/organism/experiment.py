@@ -20,6 +20,7 @@ from typing import Any
 
 from vkvtrain.data.synthetic_blink import write_questions
 from vkvtrain.errors import RecipeError
+from vkvtrain.evaluation.compare_report import difference_text
 from vkvtrain.evaluation.config import WandbConfig
 from vkvtrain.experiment import Arm, ExperimentConfig, QuestionSet, run_experiment
 from vkvtrain.organism.names import ORGANISM_FAMILIES, ORGANISM_SCHEME, ORGANISM_SIZES
@@ -147,7 +148,7 @@ def headline(table: dict[str, Any]) -> dict[str, str]:
             row = next((r for r in comparison["rows"] if r["subtask"] == "macro" and r["metric"] == metric), None)
             if row is None:
                 continue
-            cells = [f"{label} {100 * d['difference']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+            cells = [f"{label} {difference_text(d)}"
                      for label, d in zip(labels[1:], row["differences"][1:])]
             figures[f"{name} {short} vs base (points)"] = "; ".join(cells)
     return figures
