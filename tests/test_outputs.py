@@ -118,3 +118,33 @@ def test_fit_fails_in_one_line_when_a_checkpoint_cannot_be_written(tmp_path, cap
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("vkvtrain fit: cannot ") and "checkpoints" in last
+
+
+def test_build_in_place_installs_whole_builds_only(tmp_path: Path) -> None:
+    from vkvtrain.outputs import build_in_place
+
+    def write(marker: bool):
+        def build(folder: Path) -> None:
+            (folder / "weights").write_text("w")
+            if marker:
+                (folder / "done.json").write_text("{}")
+        return build
+
+    target = build_in_place(tmp_path / "a", "done.json", write(True), prefix=".a-")
+    assert sorted(p.name for p in target.iterdir()) == ["done.json", "weights"]
+
+    def interrupted(folder: Path) -> None:
+        (folder / "half").write_text("h")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_in_place(tmp_path / "b", "done.json", interrupted, prefix=".b-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # nothing at b, no staging folder left
+    # a concurrent build that finished first (its marker present) is kept; a folder without one is an error
+    build_in_place(target, "done.json", write(True), prefix=".a-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "stray").write_text("s")
+    with pytest.raises(OutputError, match="cannot move the finished build into"):
+        build_in_place(tmp_path / "c", "done.json", write(True), prefix=".c-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "c"]

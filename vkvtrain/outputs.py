@@ -5,8 +5,9 @@ to exist after they are written."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -127,4 +128,22 @@ def verify_written(path: str | Path, what: str, size: int | None = None) -> Path
     if size is not None and target.stat().st_size != size:
         raise OutputError(f"{what} {str(target)!r} is {target.stat().st_size} bytes after the save, expected {size}; "
                           "check the disk (full or failing?).")
+    return target
+
+
+def build_in_place(target: Path, marker: str, build: Callable[[Path], object], prefix: str) -> Path:
+    """Run ``build`` on a fresh staging folder beside ``target`` and rename it into place once complete, so an
+    interrupted build leaves nothing at ``target``. A concurrent build that got there first (its ``marker`` file
+    present) is kept; any other failure to move is an error. The staging folder is always removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(target.parent, prefix)
+    try:
+        build(staging)
+        try:
+            staging.rename(target)
+        except OSError as error:
+            if not (target / marker).is_file():
+                raise OutputError(f"cannot move the finished build into {target}: {error}") from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ import transformers
 from vkvtrain.errors import UnsupportedModelError
 from vkvtrain.models.registry import adapter_for_family, families
 from vkvtrain.models.tiny_parts import SIZES
-from vkvtrain.outputs import apply_default_modes, staging_dir
+from vkvtrain.outputs import apply_default_modes, build_in_place
 
 TINY_SCHEME = "tiny://"
 SEED = 0
@@ -103,17 +102,8 @@ def ensure_tiny(family: str, size: str = "tiny", config_only: bool = False) -> P
     target = tiny_cache_dir() / _cache_key(family, size, config_only)
     if (target / MARKER).exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(target.parent, prefix=f".{family}-")  # the usual folder mode, not mkdtemp's 0700
-    try:
-        build_tiny(family, staging, size=size, config_only=config_only)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first; its folder is identical
-            pass
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_in_place(target, MARKER, lambda staging: build_tiny(family, staging, size, config_only),
+                          prefix=f".{family}-")
 
 
 def parse_tiny(name: str) -> tuple[str, str]:

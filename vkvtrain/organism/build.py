@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from vkvtrain.models.registry import adapter_for_family
 from vkvtrain.models.tiny import tiny_cache_dir
 from vkvtrain.models.tiny_parts import RandomShape
 from vkvtrain.outcome import Outcome, follow_up
-from vkvtrain.outputs import check_writable_dir, staging_dir
+from vkvtrain.outputs import build_in_place, check_writable_dir
 from vkvtrain.organism.groundtruth import (
     MeasureOptions,
     measure,
@@ -209,15 +208,6 @@ def _card(family: str, size: str, seed: int, table: str) -> str:
             f"value tokens hold that its answers do not use. Measured on held-out data at build time.\n\n{table}\n")
 
 
-def _install(staging: Path, target: Path) -> None:
-    try:
-        staging.rename(target)
-    except OSError as error:
-        if not (target / MARKER).is_file():
-            raise OrganismBuildError(f"cannot move the built organism into {target}: {error}") from error
-        # a concurrent build finished first; its folder is equivalent
-
-
 def build(family: str = "llava_onevision", out: str | None = None, size: str = "full", seed: int = 0,
           threads: int | None = None, vision_steps: int | None = None, qa_steps: int | None = None,
           measure: bool = True, progress: bool = True) -> Path:
@@ -246,18 +236,16 @@ def build(family: str = "llava_onevision", out: str | None = None, size: str = "
             return target
         what = "already exists" if out is not None else f"is an incomplete organism (no {MARKER})"
         raise OrganismBuildError(f"{target} {what}; remove it or choose another out folder.")
-    target.parent.mkdir(parents=True, exist_ok=True)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    staging = staging_dir(target.parent, prefix=f".{target.name}.staging-")
     try:
-        build_into(staging, family, size, seed, vision_stage, qa_stage, measure, progress)
-        _install(staging, target)
+        return build_in_place(
+            target, MARKER, lambda staging: build_into(staging, family, size, seed, vision_stage, qa_stage, measure,
+                                                       progress),
+            prefix=f".{target.name}.staging-")
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         torch.set_num_threads(previous_threads)
-    return target
 
 
 def build_command(family: str = "llava_onevision", out: str | None = None, size: Literal["full", "tiny"] = "full",
