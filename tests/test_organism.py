@@ -7,6 +7,8 @@ The full-size figures (taught accuracy, probe deltas, surfacing gap) come from t
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +247,15 @@ def test_tiny_build_loads_by_name_and_folder_and_reports(tiny_organism: Path, mo
     assert set(report["probes"]) == {"fewshot", "keypoints"}
     assert set(report["key_agnosticism"]) == {str(i) for i in range(by_name.num_layers)}
     assert {"taught_accuracy", "gap_subtasks", "learned_subtasks"} <= set(report["criteria"])
+
+
+def test_organism_folder_and_stage_a_cache_get_the_usual_modes(tiny_organism: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    cached = [tiny_organism, *tiny_organism.iterdir(), *(tiny_organism.parent / "stage_a").iterdir()]
+    assert any(p.suffix == ".safetensors" for p in cached)
+    for path in cached:  # save_pretrained and safetensors write 0600 files on their own
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask, path
 
 
 def test_tiny_organism_answers_in_the_chat_template(tiny_organism: Path) -> None:

@@ -126,12 +126,17 @@ def test_build_in_place_installs_whole_builds_only(tmp_path: Path) -> None:
     def write(marker: bool):
         def build(folder: Path) -> None:
             (folder / "weights").write_text("w")
+            (folder / "weights").chmod(0o600)  # as save_pretrained's safetensors writer leaves it
             if marker:
                 (folder / "done.json").write_text("{}")
         return build
 
     target = build_in_place(tmp_path / "a", "done.json", write(True), prefix=".a-")
     assert sorted(p.name for p in target.iterdir()) == ["done.json", "weights"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((target / "weights").stat().st_mode) == 0o666 & ~umask
 
     def interrupted(folder: Path) -> None:
         (folder / "half").write_text("h")

@@ -133,12 +133,14 @@ def verify_written(path: str | Path, what: str, size: int | None = None) -> Path
 
 def build_in_place(target: Path, marker: str, build: Callable[[Path], object], prefix: str) -> Path:
     """Run ``build`` on a fresh staging folder beside ``target`` and rename it into place once complete, so an
-    interrupted build leaves nothing at ``target``. A concurrent build that got there first (its ``marker`` file
-    present) is kept; any other failure to move is an error. The staging folder is always removed."""
+    interrupted build leaves nothing at ``target``; what it installs has the usual modes, whatever the writers
+    used. A concurrent build that got there first (its ``marker`` file present) is kept; any other failure to move
+    is an error. The staging folder is always removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(target.parent, prefix)
     try:
         build(staging)
+        apply_default_modes(staging)
         try:
             staging.rename(target)
         except OSError as error:

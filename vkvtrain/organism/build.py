@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,7 +33,7 @@ from vkvtrain.models.registry import adapter_for_family
 from vkvtrain.models.tiny import tiny_cache_dir
 from vkvtrain.models.tiny_parts import RandomShape
 from vkvtrain.outcome import Outcome, follow_up
-from vkvtrain.outputs import build_in_place, check_writable_dir
+from vkvtrain.outputs import build_in_place, check_writable_dir, staged_file
 from vkvtrain.organism.groundtruth import (
     MeasureOptions,
     measure,
@@ -138,10 +137,8 @@ def _stage_a(mlm: MLM, family: str, size: str, seed: int, spec: OrganismSize, st
         log(f"stage a: vision weights resumed from {path}")
         return "resumed"
     losses = train_vision(mlm, stage, seed, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({k: v.detach().contiguous() for k, v in tower.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    with staged_file(path, "the stage-a vision weights") as staging:
+        save_file({k: v.detach().contiguous() for k, v in tower.state_dict().items()}, str(staging))
     log("stage a: final losses " + ", ".join(f"{k} {v:.3f}" for k, v in losses.items()))
     return "trained"
 
