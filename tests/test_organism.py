@@ -7,6 +7,8 @@ The full-size figures (taught accuracy, probe deltas, surfacing gap) come from t
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 import os
 import stat
 from pathlib import Path
@@ -27,6 +29,7 @@ from vkvtrain.organism.groundtruth import random_control
 from vkvtrain.organism.perception import WorldKeypointPairs
 from vkvtrain.organism.questions import (
     GAP_SUBTASKS,
+    ORGANISM_PROTOCOL,
     TAUGHT,
     TEXTURE_WORDS,
     gap_questions,
@@ -34,7 +37,7 @@ from vkvtrain.organism.questions import (
     taught_questions,
     write_gap_blink,
 )
-from vkvtrain.organism.train import dense_targets, pixel_values
+from vkvtrain.organism.train import QA_CYCLE, dense_targets, pixel_values, taught_prompts
 from vkvtrain.organism.world import (
     GRID,
     KINDS,
@@ -140,6 +143,23 @@ def test_taught_and_never_taught_types_are_disjoint_and_probed() -> None:
     assert not set(TAUGHT) & set(GAP_SUBTASKS)
     assert not set(TAUGHT) & set(BLINK_SUBTASKS)
     assert set(GAP_SUBTASKS) <= set(PROBES)  # every gap subtask has a latent probe
+
+
+def test_training_stream_balances_every_types_answers() -> None:
+    """Stage b numbers its questions by their place in the stream and a question's answer letter cycles with its
+    number, so each type's letters are balanced only while the cycle's length shares no factor with the type's
+    number of options (a 6-long cycle would ask every colour question with answer A)."""
+    n_choices = {name: len(taught_questions(1, 0, "train", [name])[0].choices) for name in TAUGHT}
+    assert all(math.gcd(len(QA_CYCLE), n) == 1 for n in n_choices.values()), (len(QA_CYCLE), n_choices)
+    period = len(QA_CYCLE) * math.lcm(*n_choices.values())  # every (place in cycle, letter) pair once
+    seen: dict[str, Counter[str]] = {name: Counter() for name in TAUGHT}
+    for step in range(period // 12):
+        prompts, names = taught_prompts(0, step, 12, ORGANISM_PROTOCOL)
+        for prompt, name in zip(prompts, names):
+            seen[name][str(prompt.answer)] += 1
+    for name, letters in seen.items():
+        assert sorted(letters) == [f"({letter})" for letter in LETTERS[:n_choices[name]]], name
+        assert len(set(letters.values())) == 1, (name, letters)  # every letter equally often
 
 
 def test_taught_answers_agree_with_the_scene() -> None:

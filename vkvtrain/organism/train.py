@@ -59,7 +59,9 @@ HEAD_WEIGHTS = {"part": 2.0}
 SIMILARITY_WEIGHTS = {"kind": 0.2, "part": 0.3, "texture": 0.2, "uv": 0.3}
 UV_SCALE = 0.5  # object-frame distance (box half-sides) at which the uv similarity falls to 1/e
 MARKER_SHARE = 0.3  # share of stage-a images with point markers drawn over them
-#: stage b cycles through these (count twice: it is the slowest to learn)
+#: stage b cycles through these (count twice: it is the slowest to learn). Questions are numbered by their place in
+#: the stream and answer letters cycle with the number, so the length must share no factor with any type's number
+#: of options (5 vs 6 and 4; tested), or a type's answers are tied to the cycle
 QA_CYCLE: tuple[str, ...] = (*TAUGHT, "count")
 
 
