@@ -3,16 +3,14 @@ supported family, written as a standard HF folder."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Literal
 
 from vkvtrain.errors import OutputError, UnsupportedModelError
 from vkvtrain.models.registry import families
-from vkvtrain.models.tiny import build_tiny
+from vkvtrain.models.tiny import MARKER, build_tiny
 from vkvtrain.outcome import Outcome, follow_up
-from vkvtrain.outputs import check_writable_dir, make_dirs, staging_dir
+from vkvtrain.outputs import build_in_place, check_writable_dir, make_dirs
 
 
 def tiny(family: str, out: str | None = None, size: Literal["tiny", "mid"] = "tiny") -> Outcome:
@@ -31,14 +29,8 @@ def tiny(family: str, out: str | None = None, size: Literal["tiny", "mid"] = "ti
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise OutputError(f"--out {str(target)!r} already exists and is not an empty folder; choose a new folder.")
     make_dirs(target.parent, "the folder of --out")
-    staging = staging_dir(target.parent, f".{target.name}-")
-    try:
-        build_tiny(family, staging, size=size)
-        if target.exists():
-            target.rmdir()  # empty, checked above
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # renaming onto the empty folder checked above replaces it
+    build_in_place(target, MARKER, lambda staging: build_tiny(family, staging, size=size), prefix=f".{target.name}-")
     files = sorted(p.name for p in Path(target).iterdir())
     return Outcome(
         title=f"tiny {family} ({size})",
