@@ -21,6 +21,8 @@ from vkvtrain import Prompt, load_mlm
 from vkvtrain.data.blink import BLINK_SUBTASKS, LETTERS, load_blink
 from vkvtrain.data.training import DataSource, ExampleDataset
 from vkvtrain.errors import ModelLoadError, UnsupportedModelError
+from vkvtrain.mlm import MLM
+from vkvtrain.models.registry import adapter_for_family
 from vkvtrain.evaluation.latent import PROBES, _cell
 from vkvtrain.models.llava_onevision import CHAT_TEMPLATE as CHATML_LLAVA_OV
 from vkvtrain.organism import build as organism_build
@@ -28,6 +30,7 @@ from vkvtrain.organism.build import MARKER, REPORT, OrganismBuildError, build
 from vkvtrain.organism.groundtruth import random_control
 from vkvtrain.organism.perception import WorldKeypointPairs
 from vkvtrain.organism.questions import (
+    COUNT_SIZES,
     GAP_SUBTASKS,
     ORGANISM_PROTOCOL,
     TAUGHT,
@@ -37,7 +40,15 @@ from vkvtrain.organism.questions import (
     taught_questions,
     write_gap_blink,
 )
-from vkvtrain.organism.train import QA_CYCLE, dense_targets, pixel_values, taught_prompts
+from vkvtrain.organism.train import (
+    QA_CYCLE,
+    StageConfig,
+    dense_targets,
+    pixel_values,
+    taught_prompts,
+    taught_stream,
+    train_qa,
+)
 from vkvtrain.organism.world import (
     GRID,
     KINDS,
@@ -118,6 +129,10 @@ def test_dense_targets_hold_the_planted_scene() -> None:
     assert np.isclose(kind_share.sum() * PATCH * PATCH, scene.mask(0).sum())
     centre = t["centre"].reshape(GRID, GRID)
     assert centre.sum() == 1 and centre[int(44 // PATCH), int(20 // PATCH)] == 1
+    assert t["count"].tolist() == [[1.0, 0.0, 0.0, 0.0]]  # the image-level target: one object
+    three = render([obj, WorldObject("circle", "red", "plain", 48.0, 12.0, 16.0),
+                    WorldObject("cross", "blue", "dots", 48.0, 48.0, 16.0)], background_seed=4)
+    assert dense_targets(three)["count"].argmax(-1).tolist() == [2]
 
 
 def test_keypoint_pairs_map_each_part_to_the_same_place_on_the_other_shape() -> None:
@@ -145,13 +160,16 @@ def test_taught_and_never_taught_types_are_disjoint_and_probed() -> None:
     assert set(GAP_SUBTASKS) <= set(PROBES)  # every gap subtask has a latent probe
 
 
-def test_training_stream_balances_every_types_answers() -> None:
-    """Stage b numbers its questions by their place in the stream and a question's answer letter cycles with its
-    number, so each type's letters are balanced only while the cycle's length shares no factor with the type's
-    number of options (a 6-long cycle would ask every colour question with answer A)."""
+def test_training_stream_numbers_each_type_on_its_own_and_balances_its_answers() -> None:
+    """A question's answer letter cycles with its number, so stage b numbers each type's questions 0, 1, 2, ... on
+    their own: numbered by place in the stream, a cycle whose length shares a factor with a type's number of options
+    (7 vs 4 and 6 is safe, 6 is not) would tie that type's answers to the cycle."""
     n_choices = {name: len(taught_questions(1, 0, "train", [name])[0].choices) for name in TAUGHT}
-    assert all(math.gcd(len(QA_CYCLE), n) == 1 for n in n_choices.values()), (len(QA_CYCLE), n_choices)
-    period = len(QA_CYCLE) * math.lcm(*n_choices.values())  # every (place in cycle, letter) pair once
+    stream = [taught_stream(i) for i in range(5 * len(QA_CYCLE))]
+    assert [name for name, _ in stream] == list(QA_CYCLE) * 5
+    for name in TAUGHT:
+        assert [n for t, n in stream if t == name] == list(range(5 * QA_CYCLE.count(name))), name
+    period = len(QA_CYCLE) * math.lcm(*n_choices.values())  # every type's letters a whole number of times
     seen: dict[str, Counter[str]] = {name: Counter() for name in TAUGHT}
     for step in range(period // 12):
         prompts, names = taught_prompts(0, step, 12, ORGANISM_PROTOCOL)
@@ -160,6 +178,25 @@ def test_training_stream_balances_every_types_answers() -> None:
     for name, letters in seen.items():
         assert sorted(letters) == [f"({letter})" for letter in LETTERS[:n_choices[name]]], name
         assert len(set(letters.values())) == 1, (name, letters)  # every letter equally often
+
+
+def test_stage_b_trains_the_lm_but_not_what_the_latent_probe_reads(tmp_path: Path) -> None:
+    """Stage b leaves the vision tower, the projector and the LM's layer-0 value projection (the values a latent
+    probe reads at layer 0) as they were, and trains the rest of the LM, layer 0's keys and output included."""
+    family, spec = "llava_onevision", organism_build.SIZES["tiny"]
+    model, processor = organism_build.build_model_and_processor(family, spec, 0)
+    processor.tokenizer.padding_side = "left"
+    mlm = MLM(model=model, processor=processor, adapter=adapter_for_family(family), name="organism")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_qa(mlm, StageConfig(steps=2, batch_size=4, lr=1e-2, warmup=1), seed=0, progress=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    layer0 = "model.language_model.layers.0.self_attn."
+    assert not {k for k in changed if "vision_tower" in k or "multi_modal_projector" in k}
+    assert not {k for k in changed if k.startswith(layer0 + "v_proj")}
+    assert {layer0 + "k_proj.weight", layer0 + "o_proj.weight", "model.language_model.layers.1.self_attn.v_proj.weight",
+            "lm_head.weight"} <= changed
+    assert all(p.requires_grad for p in model.parameters())  # handed back trainable, as it came
 
 
 def test_taught_answers_agree_with_the_scene() -> None:
@@ -171,6 +208,8 @@ def test_taught_answers_agree_with_the_scene() -> None:
         assert len(set(q.choices)) == len(q.choices)
         if q.sub_task == "count":
             assert gold == str(len(objects))
+            # one size range for every count: the area the shapes cover does not give the count away
+            assert all(COUNT_SIZES[0] <= o["size"] <= COUNT_SIZES[1] for o in objects), objects
             continue
         (obj,) = objects  # colour, shape and pattern ask about a scene's one shape, named in the question
         if q.sub_task == "colour":
@@ -331,6 +370,26 @@ def test_interrupted_build_leaves_nothing_that_loads_and_resumes(stage: str, tmp
     assert resumed == ("trained" if stage == "train_vision" else "resumed")
     with pytest.raises(OrganismBuildError, match="already exists"):
         build("llava_onevision", str(target), size="tiny", measure=False, progress=False)
+
+
+def test_every_seed_is_measured_on_the_same_held_out_data_and_control(tmp_path: Path, monkeypatch) -> None:
+    """The build seed draws the weights and the training data; the measurements (questions, scenes, the random-init
+    control) are the same for every seed, so two builds compare on the same questions."""
+    monkeypatch.setenv("VKVTRAIN_CACHE", str(tmp_path / "cache"))
+    seen: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], object]] = []
+
+    def recorded(mlm, control, opts, progress):
+        seen.append((mlm.model.state_dict(), control.model.state_dict(), opts))
+        raise KeyboardInterrupt  # nothing more to build
+
+    monkeypatch.setattr(organism_build, "measure", recorded)
+    for seed in (0, 1):
+        with pytest.raises(KeyboardInterrupt):
+            build("llava_onevision", str(tmp_path / f"s{seed}"), size="tiny", seed=seed, progress=False)
+    (model0, control0, opts0), (model1, control1, opts1) = seen
+    assert opts0 == opts1
+    assert all(torch.equal(control0[k], control1[k]) for k in control0)
+    assert not torch.equal(model0["lm_head.weight"], model1["lm_head.weight"])
 
 
 def test_a_half_written_cache_folder_is_refused(tmp_path: Path, monkeypatch) -> None:

@@ -50,7 +50,7 @@ from vkvtrain.organism.questions import VOCABULARY
 from vkvtrain.organism.train import StageConfig, train_qa, train_vision, vision_tower
 from vkvtrain.organism.world import IMAGE_SIZE
 
-BUILD_VERSION = 2  # bump when the world, the recipe or the measurements change, so caches rebuild
+BUILD_VERSION = 3  # bump when the world, the recipe or the measurements change, so caches rebuild
 MARKER = "vkvtrain_organism.json"
 REPORT = "organism_report.json"
 
@@ -77,7 +77,7 @@ SIZES: dict[str, OrganismSize] = {
                 intermediate_size=256),
         vision=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4),
         vision_stage=StageConfig(steps=1200, batch_size=64, lr=2e-3, warmup=20),
-        qa_stage=StageConfig(steps=2000, batch_size=16, lr=2e-3, warmup=20),
+        qa_stage=StageConfig(steps=1500, batch_size=16, lr=2e-3, warmup=20),
         measure=MeasureOptions(),
     ),
     # plumbing only (CI): seconds, no science
@@ -97,7 +97,7 @@ def _check(family: str, size: str) -> OrganismSize:
     if family not in ORGANISM_FAMILIES:
         raise UnsupportedModelError(
             f"no organism for family {family!r}; organism families: {', '.join(ORGANISM_FAMILIES)} "
-            f"(e.g. {ORGANISM_SCHEME}{ORGANISM_FAMILIES[0]})."
+            f"(e.g. {ORGANISM_SCHEME}{ORGANISM_FAMILIES[0]}); docs/ORGANISM.md says why the others are not built."
         )
     if size not in SIZES:
         raise OrganismBuildError(f"unknown organism size {size!r}; choose one of {', '.join(SIZES)}.")
@@ -200,7 +200,8 @@ def build_into(folder: Path, family: str, size: str, seed: int, vision_stage: St
 def _card(family: str, size: str, seed: int, table: str) -> str:
     return (f"# vkvtrain model organism: {family}@{size} (seed {seed})\n\n"
             "A small MLM of the real transformers class, trained by `vkvtrain organism build` on a synthetic world "
-            "of textured shapes: vision tower on dense per-token targets, then the LM (projector frozen) on taught questions "
+            "of textured shapes: vision tower on dense per-token targets, then the LM (projector and layer-0 value "
+            "projection frozen) on taught questions "
             "(colour, shape, pattern, count). The never-taught BLINK-style subtasks below measure what its image "
             f"value tokens hold that its answers do not use. Measured on held-out data at build time.\n\n{table}\n")
 
@@ -215,7 +216,8 @@ def build(family: str = "llava_onevision", out: str | None = None, size: str = "
         out: folder to create (must not exist); None = the cache folder behind ``organism://<family>@<size>``.
         size: "full" (~1.3M parameters, minutes on a CPU, the measured organism) or "tiny" (a few steps, for
             plumbing checks).
-        seed: seed of the weights, the training data and the held-out measurement data.
+        seed: seed of the weights and the training data. Every seed is measured on the same held-out data against
+            the same random-init control (``MeasureOptions``), so builds compare on the same questions.
         threads: torch CPU threads for the build (None leaves the current setting).
         vision_steps, qa_steps: override the size's stage a / stage b step budgets.
         measure: measure the ground truth after training (taught accuracy, probes, surfacing gap, key
@@ -255,7 +257,8 @@ def build_command(family: str = "llava_onevision", out: str | None = None, size:
         family: llava_onevision or llava_next (the transformers class of the organism).
         out: the folder to create (must not exist); omitted = the cache behind organism://<family>@<size>.
         size: full (~1.3M parameters, minutes on 2 CPU cores, the measured organism) or tiny (plumbing checks).
-        seed: seed of the weights, the training data and the held-out measurement data.
+        seed: seed of the weights and the training data. Every seed is measured on the same held-out data against
+            the same random-init control (``MeasureOptions``), so builds compare on the same questions.
         threads: torch CPU threads (omitted: torch's default).
         vision_steps, qa_steps: override the size's stage a / stage b step budgets.
         measure: measure the ground truth against the random-init control after training.

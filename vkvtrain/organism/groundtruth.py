@@ -53,8 +53,8 @@ CHANCE = {"Art_Style": 0.5, "Visual_Similarity": 0.5, "Semantic_Correspondence":
 class MeasureOptions:
     """How much held-out data the measurements use (``seed`` draws every ``val`` question and scene)."""
 
-    n_taught: int = 60
-    n_gap: int = 120
+    n_taught: int = 100
+    n_gap: int = 240
     n_fewshot: int = 12
     n_keypoints: int = 24
     n_key_images: int = 16

@@ -3,7 +3,8 @@
 Taught (``TAUGHT``, one image, trained in stage b, multiple choice with every value as an option):
 ``colour`` ("What colour is the triangle?"), ``shape`` ("What shape is the red object?") and ``pattern``
 ("What pattern does the cross have?") of a scene's one shape, and ``count`` ("How many objects are in the
-image?", 1-4 shapes).
+image?", 1-4 shapes, all of one size range: with sizes that shrink as the count grows, 3 and 4 shapes cover about
+the same area and a minutes-long stage b confuses them).
 
 Never taught (``GAP_SUBTASKS``, BLINK subtask names, prompts and choice wording, each with a latent probe in
 :mod:`vkvtrain.evaluation.latent`); none of them can be answered from pixel colours:
@@ -119,6 +120,11 @@ def _one(rng: Rng, **attributes: Any) -> tuple[Scene, WorldObject]:
     return render([obj], int(rng.integers(2**31))), obj
 
 
+#: count scenes draw every object from one size range: with sizes that shrink as the count grows, 3 and 4 shapes
+#: cover about the same area and a minutes-long stage b confuses them
+COUNT_SIZES = (15.0, 21.0)
+
+
 def _colour(rng: Rng, answer: int) -> tuple[str, Scene, list[str]]:
     scene, obj = _one(rng, colour=COLOUR_NAMES[answer])
     return f"What colour is the {obj.kind}?", scene, list(COLOUR_NAMES)
@@ -135,7 +141,7 @@ def _pattern(rng: Rng, answer: int) -> tuple[str, Scene, list[str]]:
 
 
 def _count(rng: Rng, answer: int) -> tuple[str, Scene, list[str]]:
-    scene = random_scene(rng, n_objects=answer + 1)
+    scene = random_scene(rng, n_objects=answer + 1, size_range=COUNT_SIZES)
     return "How many objects are in the image?", scene, [str(k) for k in range(1, MAX_COUNT + 1)]
 
 
