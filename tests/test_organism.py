@@ -26,6 +26,7 @@ from vkvtrain.models.registry import adapter_for_family
 from vkvtrain.evaluation.latent import PROBES, _cell
 from vkvtrain.models.llava_onevision import CHAT_TEMPLATE as CHATML_LLAVA_OV
 from vkvtrain.organism import build as organism_build
+from vkvtrain.organism import train as organism_train
 from vkvtrain.organism.build import MARKER, REPORT, OrganismBuildError, build
 from vkvtrain.organism.groundtruth import random_control
 from vkvtrain.organism.perception import WorldKeypointPairs
@@ -390,6 +391,22 @@ def test_every_seed_is_measured_on_the_same_held_out_data_and_control(tmp_path: 
     assert opts0 == opts1
     assert all(torch.equal(control0[k], control1[k]) for k in control0)
     assert not torch.equal(model0["lm_head.weight"], model1["lm_head.weight"])
+
+
+def test_stage_a_resumes_only_for_the_same_recipe(tmp_path: Path, monkeypatch) -> None:
+    """The stage-a cache is keyed by what the tower's training depends on: the same recipe resumes it, a changed
+    loss weight or target trains anew (an old tower under a new recipe would be measured as the new one)."""
+    monkeypatch.setenv("VKVTRAIN_CACHE", str(tmp_path / "cache"))
+
+    def stage_a(name: str) -> str:
+        folder = build("llava_onevision", str(tmp_path / name), size="tiny", measure=False, progress=False)
+        return json.loads((folder / MARKER).read_text())["stage_a"]
+
+    assert [stage_a("first"), stage_a("same")] == ["trained", "resumed"]
+    monkeypatch.setattr(organism_train, "HEAD_WEIGHTS", {**organism_train.HEAD_WEIGHTS, "count": 0.5})
+    assert stage_a("reweighted") == "trained"
+    monkeypatch.setattr(organism_train, "MARKER_SHARE", 0.5)
+    assert stage_a("more_markers") == "trained"
 
 
 def test_a_half_written_cache_folder_is_refused(tmp_path: Path, monkeypatch) -> None:

@@ -10,8 +10,8 @@ A build constructs the family's model, byte-level tokenizer, processor and chat 
 random-init control (:mod:`vkvtrain.organism.groundtruth`) and writes it as ``organism_report.json`` and
 ``README.md``. Everything happens in a hidden staging folder next to the target that is renamed into place
 only when complete (a marker file, ``vkvtrain_organism.json``, is its last write), so an interrupted build
-leaves nothing that loads. Stage a's vision weights are kept in the cache (keyed by family, size, seed and
-versions), so a build interrupted in stage b resumes from there.
+leaves nothing that loads. Stage a's vision weights are kept in the cache (keyed by family, size, seed,
+versions, stage a's budget and recipe), so a build interrupted in stage b resumes from there.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from vkvtrain.organism.names import (
     parse_organism,
 )
 from vkvtrain.organism.questions import VOCABULARY
-from vkvtrain.organism.train import StageConfig, train_qa, train_vision, vision_tower
+from vkvtrain.organism.train import StageConfig, stage_a_recipe, train_qa, train_vision, vision_tower
 from vkvtrain.organism.world import IMAGE_SIZE
 
 BUILD_VERSION = 3  # bump when the world, the recipe or the measurements change, so caches rebuild
@@ -130,7 +130,8 @@ def _key(family: str, size: str, seed: int, *parts: Any) -> str:
 def _stage_a(mlm: MLM, family: str, size: str, seed: int, spec: OrganismSize, stage: StageConfig,
              progress: bool, log: Callable[[str], None]) -> str:
     """Train stage a, or load its cached result; returns how it was obtained."""
-    path = organism_cache_dir() / "stage_a" / f"{_key(family, size, seed, spec.vision, asdict(stage))}.safetensors"
+    key = _key(family, size, seed, spec.vision, asdict(stage), stage_a_recipe())
+    path = organism_cache_dir() / "stage_a" / f"{key}.safetensors"
     tower = vision_tower(mlm)
     if path.is_file():
         tower.load_state_dict(load_file(str(path)))

@@ -224,6 +224,13 @@ def similarity_loss(feats: Tensor, targets: dict[str, Tensor], n: int = 768) -> 
     return (f @ f.T - target).pow(2).mean()
 
 
+def stage_a_recipe() -> dict[str, Any]:
+    """What stage a's result depends on besides the seed, the sizes and the step budget: its targets and loss
+    weights. Part of the stage-a cache key, so a changed recipe trains anew instead of resuming an older tower."""
+    return {"heads": DENSE_HEADS, "head_weights": HEAD_WEIGHTS, "similarity": SIMILARITY_WEIGHTS,
+            "uv_scale": UV_SCALE, "marker_share": MARKER_SHARE, "max_count": MAX_COUNT}
+
+
 def train_vision(mlm: MLM, cfg: StageConfig, seed: int, progress: bool = True,
                  log: Callable[[str], None] | None = None) -> dict[str, float]:
     """Stage a: train the vision tower (and throw-away heads) on the dense targets; returns final losses."""
