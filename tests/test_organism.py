@@ -21,8 +21,6 @@ from vkvtrain import Prompt, load_mlm
 from vkvtrain.data.blink import BLINK_SUBTASKS, LETTERS, load_blink
 from vkvtrain.data.training import DataSource, ExampleDataset
 from vkvtrain.errors import ModelLoadError, UnsupportedModelError
-from vkvtrain.mlm import MLM
-from vkvtrain.models.registry import adapter_for_family
 from vkvtrain.evaluation.latent import PROBES, _cell
 from vkvtrain.models.llava_onevision import CHAT_TEMPLATE as CHATML_LLAVA_OV
 from vkvtrain.organism import build as organism_build
@@ -184,10 +182,8 @@ def test_training_stream_numbers_each_type_on_its_own_and_balances_its_answers()
 def test_stage_b_trains_the_lm_but_not_what_the_latent_probe_reads(tmp_path: Path) -> None:
     """Stage b leaves the vision tower, the projector and the LM's layer-0 value projection (the values a latent
     probe reads at layer 0) as they were, and trains the rest of the LM, layer 0's keys and output included."""
-    family, spec = "llava_onevision", organism_build.SIZES["tiny"]
-    model, processor = organism_build.build_model_and_processor(family, spec, 0)
-    processor.tokenizer.padding_side = "left"
-    mlm = MLM(model=model, processor=processor, adapter=adapter_for_family(family), name="organism")
+    mlm = organism_build.untrained_organism("llava_onevision", "tiny", 0)
+    model = mlm.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train_qa(mlm, StageConfig(steps=2, batch_size=4, lr=1e-2, warmup=1), seed=0, progress=False)
     after = model.state_dict()

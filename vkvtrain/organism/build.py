@@ -154,6 +154,15 @@ def build_model_and_processor(family: str, spec: OrganismSize, seed: int) -> tup
         return adapter_for_family(family).build_random(shape)
 
 
+def untrained_organism(family: str, size: str, seed: int) -> MLM:
+    """The organism before stage a, as an :class:`MLM` (left padding, as stage b and the measurements batch
+    prompts)."""
+    model, processor = build_model_and_processor(family, _check(family, size), seed)
+    processor.tokenizer.padding_side = "left"
+    return MLM(model=model, processor=processor, adapter=adapter_for_family(family),
+               name=f"{ORGANISM_SCHEME}{family}@{size}")
+
+
 def build_into(folder: Path, family: str, size: str, seed: int, vision_stage: StageConfig, qa_stage: StageConfig,
                measure_ground_truth: bool = True, progress: bool = True,
                log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -161,11 +170,8 @@ def build_into(folder: Path, family: str, size: str, seed: int, vision_stage: St
     spec = _check(family, size)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    model, processor = build_model_and_processor(family, spec, seed)
-    processor.tokenizer.padding_side = "left"
-    mlm = MLM(model=model, processor=processor, adapter=adapter_for_family(family),
-              name=f"{ORGANISM_SCHEME}{family}@{size}")
-    n_params = sum(p.numel() for p in model.parameters())
+    mlm = untrained_organism(family, size, seed)
+    n_params = sum(p.numel() for p in mlm.model.parameters())
     log(f"organism {family}@{size} seed {seed}: {n_params / 1e6:.2f}M parameters, threads {torch.get_num_threads()}")
 
     t = time.perf_counter()
@@ -175,8 +181,8 @@ def build_into(folder: Path, family: str, size: str, seed: int, vision_stage: St
     qa = train_qa(mlm, qa_stage, seed, progress)
     timings["stage_b_s"] = time.perf_counter() - t
     log("stage b: " + ", ".join(f"{k} {v:.3f}" for k, v in qa.items()))
-    model.save_pretrained(folder, safe_serialization=True)
-    processor.save_pretrained(folder)
+    mlm.model.save_pretrained(folder, safe_serialization=True)
+    mlm.processor.save_pretrained(folder)
 
     report = None
     if measure_ground_truth:

@@ -184,17 +184,22 @@ class DenseHeads(nn.Module):
 
     def loss(self, feats: Tensor, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """``feats`` ``(B, N, D)``; returns one scalar loss per objective (heads, centre, similarity)."""
-        out = {k: HEAD_WEIGHTS.get(k, 1.0) * -(targets[k] * head(feats).log_softmax(-1)).sum(-1).mean()
+        out = {k: HEAD_WEIGHTS.get(k, 1.0) * soft_cross_entropy(head(feats), targets[k])
                for k, head in self.dense.items()}
         # centres are rare (<= 4 of 64 tokens): up-weight positives so the head does not learn "never"
         out["centre"] = F.binary_cross_entropy_with_logits(self.centre(feats), targets["centre"],
                                                            pos_weight=torch.tensor(8.0))
         on_object = 1 - targets["kind"][..., 0]  # (B, N) share of object pixels
         out["uv"] = ((self.uv(feats) - targets["uv"]).pow(2).sum(-1) * on_object).mean()
-        count_logp = self.count(feats.mean(1)).log_softmax(-1)  # (B, MAX_COUNT), from the mean token
-        out["count"] = HEAD_WEIGHTS["count"] * -(targets["count"][:, 0] * count_logp).sum(-1).mean()
+        # (B, MAX_COUNT) from the mean token
+        out["count"] = HEAD_WEIGHTS["count"] * soft_cross_entropy(self.count(feats.mean(1)), targets["count"][:, 0])
         out["similarity"] = similarity_loss(feats, targets)
         return out
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits`` ``(..., C)`` against class shares ``targets`` ``(..., C)``."""
+    return -(targets * logits.log_softmax(-1)).sum(-1).mean()
 
 
 def similarity_loss(feats: Tensor, targets: dict[str, Tensor], n: int = 768) -> Tensor:
